@@ -1,0 +1,118 @@
+// Model configurations (configs/models/*.json): one struct per network, validated with messages that name the
+// file and the field. Torch-free so tools can read configs cheaply.
+#pragma once
+
+#include <array>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace memoreel {
+
+// WanModel constructor arguments (wan/modules/model.py); names as in the official config.json.
+struct WanDiTConfig {
+    std::string model_type = "ti2v";  // t2v | i2v | ti2v
+    std::array<int64_t, 3> patch_size{1, 2, 2};
+    int64_t text_len = 512;
+    int64_t in_dim = 48;
+    int64_t dim = 3072;
+    int64_t ffn_dim = 14336;
+    int64_t freq_dim = 256;
+    int64_t text_dim = 4096;
+    int64_t out_dim = 48;
+    int64_t num_heads = 24;
+    int64_t num_layers = 30;
+    bool qk_norm = true;
+    bool cross_attn_norm = true;
+    double eps = 1e-6;
+
+    int64_t head_dim() const { return dim / num_heads; }
+    // Reads the fields present in j over the defaults (the official config.json omits several).
+    static WanDiTConfig from_json(const nlohmann::json& j, const std::string& where);
+    nlohmann::json to_json() const;
+    void validate(const std::string& where) const;
+};
+
+// WanVAE_ constructor arguments (wan/modules/vae2_1.py and vae2_2.py) plus the latent normalisation.
+struct WanVAEConfig {
+    std::string version = "2.2";  // "2.1" (4x8x8, 3 channels) or "2.2" (4x16x16, pixel patchify 2)
+    int64_t dim = 160;
+    int64_t dec_dim = 256;
+    int64_t z_dim = 48;
+    std::vector<int64_t> dim_mult{1, 2, 4, 4};
+    int64_t num_res_blocks = 2;
+    std::vector<double> attn_scales{};
+    std::vector<bool> temperal_downsample{false, true, true};
+    std::vector<double> mean;  // per latent channel; empty means 0
+    std::vector<double> std;   // per latent channel; empty means 1
+
+    bool is_v22() const { return version == "2.2"; }
+    int64_t patch() const { return is_v22() ? 2 : 1; }
+    int64_t spatial_factor() const;   // 8 (2.1) or 16 (2.2) with the standard dim_mult
+    int64_t temporal_factor() const;  // 4 with temperal_downsample [F,T,T]
+    static WanVAEConfig from_json(const nlohmann::json& j, const std::string& where);
+    nlohmann::json to_json() const;
+    void validate(const std::string& where) const;
+    // The official configurations with their normalisation constants.
+    static WanVAEConfig wan21();
+    static WanVAEConfig wan22();
+};
+
+// umT5 encoder (wan/modules/t5.py T5Encoder).
+struct UMT5Config {
+    int64_t vocab = 256384;
+    int64_t dim = 4096;
+    int64_t dim_attn = 4096;
+    int64_t dim_ffn = 10240;
+    int64_t num_heads = 64;
+    int64_t num_layers = 24;
+    int64_t num_buckets = 32;
+    int64_t max_distance = 128;
+    bool shared_pos = false;
+    int64_t text_len = 512;  // tokenizer max_length
+
+    static UMT5Config from_json(const nlohmann::json& j, const std::string& where);
+    nlohmann::json to_json() const;
+    void validate(const std::string& where) const;
+};
+
+struct SamplerConfig {
+    std::string solver = "unipc";  // unipc | euler | dpm++
+    int64_t steps = 50;
+    double shift = 5.0;
+    double guidance = 5.0;
+    std::string negative_prompt;
+
+    static SamplerConfig from_json(const nlohmann::json& j, const std::string& where);
+    nlohmann::json to_json() const;
+    void validate(const std::string& where) const;
+};
+
+// A whole model: the networks, where their weights are, and the default video geometry.
+struct ModelConfig {
+    std::string name;
+    std::string source_path;  // the config file it came from
+    WanDiTConfig dit;
+    WanVAEConfig vae;
+    UMT5Config text_encoder;
+    SamplerConfig sampler;
+    int64_t width = 1280;
+    int64_t height = 704;
+    int64_t fps = 24;
+    int64_t frames = 121;
+    // Weight locations, resolved against the weights folder (--weights) or the config file's folder.
+    // Empty means "random initialisation" (allowed only when allow_random_weights is set).
+    std::string dit_weights;
+    std::string vae_weights;
+    std::string text_encoder_weights;
+    std::string tokenizer;  // SentencePiece model file
+    bool allow_random_weights = false;
+
+    static ModelConfig load(const std::string& path);
+    static ModelConfig from_json(const nlohmann::json& j, const std::string& where);
+    nlohmann::json to_json() const;
+    void validate() const;
+};
+
+}  // namespace memoreel

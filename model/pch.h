@@ -1,0 +1,14 @@
+// The one precompiled header of the project: every torch translation unit reuses it (REUSE_FROM).
+#pragma once
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <spdlog/spdlog.h>
+#include <string>
+#include <vector>
