@@ -1,7 +1,37 @@
+// memoreel: one executable, subcommands over the shared libraries (model/, stream/; later server/, training/).
 #include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
 #include <torch/torch.h>
+
+#include <thread>
+
+#include "cli/commands.h"
+#include "model/safetensors.h"
+
 int main(int argc, char** argv) {
-    CLI::App app{"memoreel"};
-    CLI11_PARSE(app, argc, argv);
+    CLI::App app{"memoreel: autoregressive video generation with compressed memory (Wan 2.x family)"};
+    app.require_subcommand(1);
+    int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    std::string log_level = "info";
+    app.add_option("--threads", threads, "CPU threads for LibTorch")->capture_default_str();
+    app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
+    app.parse_complete_callback([&] {
+        spdlog::set_level(spdlog::level::from_str(log_level));
+        // LibTorch defaults to 1 thread on these machines; this also sizes the pool its worker threads use.
+        torch::set_num_threads(threads);
+    });
+    memoreel::add_generate_command(app);
+    memoreel::add_bench_command(app);
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e);
+    } catch (const memoreel::CheckpointError& e) {
+        spdlog::error("{}", e.what());
+        return 2;
+    } catch (const std::exception& e) {
+        spdlog::error("{}", e.what());
+        return 1;
+    }
     return 0;
 }

@@ -1,0 +1,13 @@
+// Subcommands of the memoreel executable. Each adds itself to the CLI11 app and runs from its callback.
+#pragma once
+
+namespace CLI {
+class App;
+}
+
+namespace memoreel {
+
+void add_generate_command(CLI::App& app);
+void add_bench_command(CLI::App& app);
+
+}  // namespace memoreel

@@ -1,0 +1,98 @@
+// `memoreel generate`: text -> latents (sampler over the DiT) -> frames (VAE) -> MP4 (FFmpeg).
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+
+#include "cli/commands.h"
+#include "cli/progress_bar.h"
+#include "model/video_model.h"
+#include "stream/video_file_writer.h"
+
+namespace memoreel {
+
+namespace {
+
+struct GenerateArgs {
+    std::string model = "configs/models/memoreel-tiny.json";
+    std::string weights;
+    std::string prompt;
+    std::string negative_prompt;
+    int64_t frames = 0;
+    int64_t width = 0;
+    int64_t height = 0;
+    int64_t fps = 0;
+    uint64_t seed = 0;
+    int64_t steps = 0;
+    double guidance = -1;
+    double shift = 0;
+    std::string solver;
+    std::string out = "out/sample.mp4";
+};
+
+void run_generate(const GenerateArgs& a) {
+    ModelConfig config = ModelConfig::load(a.model);
+    VideoModel model(config, a.weights);
+    GenerateRequest req;
+    req.prompt = a.prompt;
+    req.negative_prompt = a.negative_prompt;
+    req.frames = a.frames ? a.frames : config.frames;
+    req.width = a.width ? a.width : config.width;
+    req.height = a.height ? a.height : config.height;
+    req.seed = a.seed;
+    if (a.steps) req.steps = a.steps;
+    if (a.guidance >= 0) req.guidance = a.guidance;
+    if (a.shift > 0) req.shift = a.shift;
+    if (!a.solver.empty()) req.solver = a.solver;
+    const int64_t fps = a.fps ? a.fps : config.fps;
+
+    const int64_t steps = req.steps.value_or(config.sampler.steps);
+    spdlog::info("generating {} frames at {}x{} ({} fps) with {} ({} steps), seed {}", req.frames, req.width,
+                 req.height, fps, config.name, steps, req.seed);
+    torch::Tensor video;
+    {
+        ProgressBar bar("sampling", steps, "step");
+        video = model.generate(req, [&](int64_t done, int64_t total) {
+            (void)total;
+            bar.update(done);
+        });
+        bar.finish();
+    }
+    const auto parent = std::filesystem::path(a.out).parent_path();
+    if (!parent.empty()) std::filesystem::create_directories(parent);
+    const torch::Tensor rgb = video_to_rgb24(video);  // [T, H, W, 3] uint8
+    VideoFileOptions opts;
+    opts.width = static_cast<int>(rgb.size(2));
+    opts.height = static_cast<int>(rgb.size(1));
+    opts.fps = static_cast<int>(fps);
+    VideoFileWriter writer(a.out, opts);
+    for (int64_t t = 0; t < rgb.size(0); ++t) writer.write_rgb(rgb[t].contiguous().data_ptr<uint8_t>());
+    writer.finish();
+    spdlog::info("wrote {} ({} frames, {}x{}, {} fps)", a.out, writer.frames_written(), opts.width, opts.height,
+                 fps);
+}
+
+}  // namespace
+
+void add_generate_command(CLI::App& app) {
+    auto args = std::make_shared<GenerateArgs>();
+    CLI::App* cmd = app.add_subcommand("generate", "Generate a video from a text prompt and write it as MP4");
+    cmd->add_option("--model", args->model, "Model config (configs/models/*.json)")->capture_default_str();
+    cmd->add_option("--weights", args->weights,
+                    "Folder holding the weights named in the config (default: the config's folder)");
+    cmd->add_option("--prompt", args->prompt, "Text prompt")->required();
+    cmd->add_option("--negative-prompt", args->negative_prompt, "Negative prompt for classifier-free guidance");
+    cmd->add_option("--frames", args->frames, "Number of frames (1 + 4k; default from the config)");
+    cmd->add_option("--width", args->width, "Width in pixels (default from the config)");
+    cmd->add_option("--height", args->height, "Height in pixels (default from the config)");
+    cmd->add_option("--fps", args->fps, "Frames per second of the file (default from the config)");
+    cmd->add_option("--seed", args->seed, "Random seed")->capture_default_str();
+    cmd->add_option("--steps", args->steps, "Sampling steps (default from the config)");
+    cmd->add_option("--guidance", args->guidance, "Classifier-free guidance scale (default from the config)");
+    cmd->add_option("--shift", args->shift, "Sigma shift (default from the config)");
+    cmd->add_option("--solver", args->solver, "unipc, euler or dpm++ (default from the config)");
+    cmd->add_option("--out", args->out, "Output MP4 file")->capture_default_str();
+    cmd->callback([args] { run_generate(*args); });
+}
+
+}  // namespace memoreel

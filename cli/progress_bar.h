@@ -1,0 +1,33 @@
+// A terminal progress bar with rate and ETA. Draws in place on a TTY; on a pipe (CI, logs) prints a line at most
+// every few seconds so logs stay short.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace memoreel {
+
+class ProgressBar {
+public:
+    ProgressBar(std::string label, int64_t total, std::string unit = "it");
+    ~ProgressBar();
+    // Sets the position (absolute) and an optional suffix such as "loss 0.123".
+    void update(int64_t done, const std::string& suffix = "");
+    void finish(const std::string& suffix = "");
+
+private:
+    void draw(bool force);
+
+    std::string label_;
+    int64_t total_;
+    std::string unit_;
+    int64_t done_ = 0;
+    std::string suffix_;
+    bool tty_;
+    bool finished_ = false;
+    std::chrono::steady_clock::time_point start_;
+    std::chrono::steady_clock::time_point last_draw_;
+};
+
+}  // namespace memoreel

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs every system dependency from Debian 12 (bookworm), selects OpenBLAS-openmp, and builds memoreel with
+# ccache and the shared precompiled header. Idempotent: when everything is present it only runs the (incremental)
+# build. Usage: scripts/setup.sh [build-dir]   (default: build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD_DIR="${1:-build}"
+
+PACKAGES=(
+  build-essential cmake ninja-build ccache pkg-config git
+  libtorch-dev libopenblas0-openmp
+  libboost-dev nlohmann-json3-dev libspdlog-dev libcli11-dev doctest-dev
+  libsentencepiece-dev sentencepiece
+  libavcodec-dev libavformat-dev libavutil-dev libswscale-dev ffmpeg
+)
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then missing+=("$p"); fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "[setup] installing ${#missing[@]} Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The BLAS trap: the default libblas.so.3 is the reference BLAS (~6 GFLOP/s fp32). OpenBLAS-openmp shares
+# LibTorch's OpenMP pool (the pthread variant's own spinning threads fight it).
+for lib in libblas.so.3 liblapack.so.3; do
+  target=/usr/lib/x86_64-linux-gnu/openblas-openmp/$lib
+  current=$(update-alternatives --query "$lib-x86_64-linux-gnu" 2>/dev/null | sed -n 's/^Value: //p')
+  if [ "$current" != "$target" ]; then
+    echo "[setup] selecting $target"
+    $SUDO update-alternatives --set "$lib-x86_64-linux-gnu" "$target" >/dev/null
+  fi
+done
+
+# ccache: the PCH needs these sloppiness settings to be cacheable.
+export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
+export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-5G}
+
+JOBS=${MEMOREEL_JOBS:-$(nproc)}
+if [ ! -f "$BUILD_DIR/build.ninja" ]; then
+  cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+fi
+echo "[setup] building in $BUILD_DIR with $JOBS jobs"
+cmake --build "$BUILD_DIR" -j "$JOBS"
