@@ -283,6 +283,7 @@ ModelConfig ModelConfig::load(const std::string& path) {
 
 ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& where) {
     ModelConfig c;
+    c.source_path = where;
     Fields f(j, where, "");
     f.get("name", c.name);
     if (c.name.empty()) f.fail("name", "is required");
