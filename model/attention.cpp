@@ -86,10 +86,12 @@ torch::Tensor attention(const torch::Tensor& q,
     check_shapes(q, k, v);
     const auto keep = key_mask(key_lens, q.size(0), k.size(1), q.device());
     // SDPA works on [B, heads, L, head_dim]; its default scale is 1/sqrt(head_dim), as Wan's.
+    // The mask is passed only when defined (a Tensor converts to the optional argument on every 2.x release,
+    // whether that is c10::optional or std::optional); without it SDPA may pick the flash kernel.
     const auto dtype = q.scalar_type();
-    auto out = at::scaled_dot_product_attention(
-        q.transpose(1, 2), k.to(dtype).transpose(1, 2), v.to(dtype).transpose(1, 2),
-        keep.defined() ? c10::optional<at::Tensor>(keep) : c10::nullopt);
+    const auto qt = q.transpose(1, 2), kt = k.to(dtype).transpose(1, 2), vt = v.to(dtype).transpose(1, 2);
+    const auto out = keep.defined() ? at::scaled_dot_product_attention(qt, kt, vt, keep)
+                                    : at::scaled_dot_product_attention(qt, kt, vt);
     return out.transpose(1, 2);
 #else
     return attention_reference(q, k, v, key_lens);
