@@ -8,32 +8,36 @@ namespace memoreel {
 
 namespace {
 
-// numpy.linspace(start, stop, num)[k] for k < num - 1: y = k * step + start with step = (stop - start) / (num - 1),
-// in float64 and in that order (numpy multiplies the arange by the step, then adds start). Matching this exactly is
-// what makes the rounded float32 sigmas agree bit for bit with the reference.
+// numpy.linspace(start, stop, num)[k] for k < num - 1: y = k * step + start with
+// step = (stop - start) / (num - 1), in float64 and in that order (numpy multiplies the arange by the step,
+// then adds start). Matching this exactly is what makes the rounded float32 sigmas agree bit for bit.
 double numpy_linspace_at(double start, double stop, int64_t num, int64_t k) {
     const double step = (stop - start) / static_cast<double>(num - 1);
     return static_cast<double>(k) * step + start;
 }
 
-// Scalar helpers on 0-d float32 CPU tensors. The official schedulers do their scalar maths in float32 torch ops
-// (sigmas are float32 tensors), so doing the same here keeps log/expm1/linalg.solve rounding identical.
-torch::Tensor lambda_of(const torch::Tensor& sigma) { return torch::log(1 - sigma) - torch::log(sigma); }
+// Scalar helpers on 0-d float32 CPU tensors. The official schedulers do their scalar maths in float32 torch
+// ops (sigmas are float32 tensors), so doing the same here keeps log/expm1/linalg.solve rounding identical.
+torch::Tensor lambda_of(const torch::Tensor& sigma) {
+    return torch::log(1 - sigma) - torch::log(sigma);
+}
 
-float to_float(const torch::Tensor& t) { return t.item<float>(); }
+float to_float(const torch::Tensor& t) {
+    return t.item<float>();
+}
 
 void check_schedule(const torch::Tensor& sigmas, const torch::Tensor& timesteps) {
-    TORCH_CHECK(sigmas.dim() == 1 && sigmas.size(0) >= 2, "sampler: sigmas must be 1-D with N+1 >= 2 values, got ",
-                sigmas.sizes());
+    TORCH_CHECK(sigmas.dim() == 1 && sigmas.size(0) >= 2,
+                "sampler: sigmas must be 1-D with N+1 >= 2 values, got ", sigmas.sizes());
     TORCH_CHECK(timesteps.dim() == 1 && timesteps.size(0) == sigmas.size(0) - 1,
-                "sampler: timesteps must be 1-D with N values for N+1 sigmas, got ", timesteps.sizes(), " and ",
-                sigmas.sizes());
+                "sampler: timesteps must be 1-D with N values for N+1 sigmas, got ", timesteps.sizes(),
+                " and ", sigmas.sizes());
     auto s = sigmas.accessor<float, 1>();
     const int64_t n = sigmas.size(0) - 1;
     TORCH_CHECK(s[n] == 0.0f, "sampler: the last sigma must be 0, got ", s[n]);
     for (int64_t i = 0; i < n; ++i) {
-        // Strictly decreasing and in (0, 1]: equal neighbours would make the step size h zero (division by zero
-        // in the multistep solvers), and sigma > 1 has no meaning for x = (1 - sigma) x0 + sigma eps.
+        // Strictly decreasing and in (0, 1]: equal neighbours would make the step size h zero (division by
+        // zero in the multistep solvers), and sigma > 1 has no meaning for x = (1 - sigma) x0 + sigma eps.
         TORCH_CHECK(s[i] > 0.0f && s[i] <= 1.0f, "sampler: sigma ", i, " = ", s[i], " is outside (0, 1]");
         TORCH_CHECK(s[i] > s[i + 1], "sampler: sigmas must strictly decrease (sigma ", i, " = ", s[i],
                     ", sigma ", i + 1, " = ", s[i + 1], ")");
@@ -52,26 +56,34 @@ torch::Tensor optional_tensor(const SamplerState& st, const std::string& key) {
 }
 
 void put(SamplerState& st, const std::string& key, const torch::Tensor& t) {
-    if (t.defined()) st.tensors[key] = t;
+    if (t.defined())
+        st.tensors[key] = t;
 }
 
 }  // namespace
 
-// ---------------------------------------------------------------------------------------------- schedules
+// ------------------------------------------------------------------------------------------------- schedules
 
-double shift_sigma(double u, double shift) { return shift * u / (1.0 + (shift - 1.0) * u); }
+double shift_sigma(double u, double shift) {
+    return shift * u / (1.0 + (shift - 1.0) * u);
+}
 
-torch::Tensor shift_sigma(const torch::Tensor& u, double shift) { return shift * u / (1 + (shift - 1.0) * u); }
+torch::Tensor shift_sigma(const torch::Tensor& u, double shift) {
+    return shift * u / (1 + (shift - 1.0) * u);
+}
 
 SigmaSchedule shifted_schedule(int64_t steps, double shift, SigmaGrid grid) {
     TORCH_CHECK(steps >= 1, "sampler: steps must be >= 1, got ", steps);
     TORCH_CHECK(shift > 0.0 && std::isfinite(shift), "sampler: shift must be positive, got ", shift);
-    // UniPC: the scheduler's sigma_max is its training table's first entry 1 - 1/1000 held as float32 (then read
-    // back with .item() as a double); sigma_min is exactly 0.
-    const double start = grid == SigmaGrid::kUniPC ? static_cast<double>(static_cast<float>(1.0 - 1.0 / 1000.0)) : 1.0;
+    // UniPC: the scheduler's sigma_max is its training table's first entry 1 - 1/1000 held as float32 (then
+    // read back with .item() as a double); sigma_min is exactly 0.
+    const double start =
+        grid == SigmaGrid::kUniPC ? static_cast<double>(static_cast<float>(1.0 - 1.0 / 1000.0)) : 1.0;
     std::vector<double> sig(static_cast<size_t>(steps));
-    for (int64_t k = 0; k < steps; ++k) sig[k] = shift_sigma(numpy_linspace_at(start, 0.0, steps + 1, k), shift);
-    // The DPM++ scheduler re-applies its constructor shift (1), which is the identity: 1*s/(1+0*s) == s exactly.
+    for (int64_t k = 0; k < steps; ++k)
+        sig[k] = shift_sigma(numpy_linspace_at(start, 0.0, steps + 1, k), shift);
+    // The DPM++ scheduler re-applies its constructor shift (1), which is the identity: 1*s/(1+0*s) == s
+    // exactly.
     SigmaSchedule out;
     out.sigmas = torch::empty({steps + 1}, torch::kFloat32);
     out.timesteps = torch::empty({steps}, torch::kInt64);
@@ -79,7 +91,8 @@ SigmaSchedule shifted_schedule(int64_t steps, double shift, SigmaGrid grid) {
     auto t = out.timesteps.accessor<int64_t, 1>();
     for (int64_t k = 0; k < steps; ++k) {
         s[k] = static_cast<float>(sig[k]);
-        t[k] = static_cast<int64_t>(sig[k] * 1000.0);  // truncation, from the float64 value as the reference does
+        // Truncation, from the float64 value as the reference does.
+        t[k] = static_cast<int64_t>(sig[k] * 1000.0);
     }
     s[steps] = 0.0f;
     return out;
@@ -94,7 +107,7 @@ torch::Tensor timesteps_from_sigmas(const torch::Tensor& sigmas) {
     return (sigmas * 1000).to(torch::kInt64);
 }
 
-// ---------------------------------------------------------------------------------------------- FlowSampler
+// ----------------------------------------------------------------------------------------------- FlowSampler
 
 FlowSampler::FlowSampler(const SigmaSchedule& schedule) : FlowSampler(schedule.sigmas, schedule.timesteps) {}
 
@@ -105,7 +118,8 @@ FlowSampler::FlowSampler(torch::Tensor sigmas, torch::Tensor timesteps)
 }
 
 float FlowSampler::sigma(int64_t i) const {
-    TORCH_CHECK(i >= 0 && i <= num_steps(), "sampler: sigma index ", i, " out of range [0, ", num_steps(), "]");
+    TORCH_CHECK(i >= 0 && i <= num_steps(), "sampler: sigma index ", i, " out of range [0, ", num_steps(),
+                "]");
     return sigmas_.data_ptr<float>()[i];
 }
 
@@ -115,12 +129,13 @@ int64_t FlowSampler::timestep(int64_t i) const {
 }
 
 void FlowSampler::check_step(int64_t i, const torch::Tensor& v, const torch::Tensor& x) const {
-    TORCH_CHECK(i == step_index_, name(), " sampler: step ", i, " requested but the next step is ", step_index_,
-                " (steps run in order; reset() or load_state() to go back)");
+    TORCH_CHECK(i == step_index_, name(), " sampler: step ", i, " requested but the next step is ",
+                step_index_, " (steps run in order; reset() or load_state() to go back)");
     TORCH_CHECK(i < num_steps(), name(), " sampler: all ", num_steps(), " steps are done");
     TORCH_CHECK(v.defined() && x.defined() && v.sizes() == x.sizes(), name(),
                 " sampler: velocity and sample must have the same shape");
-    TORCH_CHECK(x.is_floating_point() && v.is_floating_point(), name(), " sampler: tensors must be floating point");
+    TORCH_CHECK(x.is_floating_point() && v.is_floating_point(), name(),
+                " sampler: tensors must be floating point");
 }
 
 void FlowSampler::reset() {
@@ -142,7 +157,8 @@ void FlowSampler::load_state(const SamplerState& st) {
     TORCH_CHECK(st.solver == name(), "sampler state is for solver '", st.solver, "', not '", name(), "'");
     auto s = optional_tensor(st, "sigmas");
     auto t = optional_tensor(st, "timesteps");
-    TORCH_CHECK(s.defined() && t.defined() && s.sizes() == sigmas_.sizes() && t.sizes() == timesteps_.sizes() &&
+    TORCH_CHECK(s.defined() && t.defined() && s.sizes() == sigmas_.sizes() &&
+                    t.sizes() == timesteps_.sizes() &&
                     torch::equal(s.to(torch::kCPU, torch::kFloat32), sigmas_) &&
                     torch::equal(t.to(torch::kCPU, torch::kInt64), timesteps_),
                 name(), " sampler state: its schedule differs from this sampler's");
@@ -152,7 +168,7 @@ void FlowSampler::load_state(const SamplerState& st) {
     x0_pred_ = optional_tensor(st, "x0_pred");
 }
 
-// ---------------------------------------------------------------------------------------------- Euler
+// ----------------------------------------------------------------------------------------------------- Euler
 
 EulerSampler::EulerSampler(int64_t steps, double shift, SigmaGrid grid)
     : FlowSampler(shifted_schedule(steps, shift, grid)) {}
@@ -170,7 +186,7 @@ torch::Tensor EulerSampler::step(const torch::Tensor& v, int64_t i, const torch:
     return out;
 }
 
-// ---------------------------------------------------------------------------------------------- UniPC
+// ----------------------------------------------------------------------------------------------------- UniPC
 
 UniPCSampler::UniPCSampler(int64_t steps, double shift)
     : FlowSampler(shifted_schedule(steps, shift, SigmaGrid::kUniPC)) {}
@@ -185,7 +201,9 @@ void UniPCSampler::reset() {
     this_order_ = 0;
 }
 
-torch::Tensor UniPCSampler::lambda(int64_t i) const { return lambda_of(sigma_t(i)); }
+torch::Tensor UniPCSampler::lambda(int64_t i) const {
+    return lambda_of(sigma_t(i));
+}
 
 // UniC (bh2): corrects the sample the last predictor produced, using this step's x0 prediction m_t.
 torch::Tensor UniPCSampler::corrector(const torch::Tensor& m_t, int64_t i) const {
@@ -230,7 +248,8 @@ torch::Tensor UniPCSampler::corrector(const torch::Tensor& m_t, int64_t i) const
 
     torch::Tensor x_t = x * to_float(s_t / s_s0) - m0 * to_float(alpha_t * h_phi_1);
     torch::Tensor res = (m_t - m0) * to_float(rhos_c[-1]);
-    if (order == 2) res = d1 * to_float(rhos_c[0]) + res;
+    if (order == 2)
+        res = d1 * to_float(rhos_c[0]) + res;
     x_t = x_t - res * to_float(alpha_t * b_h);
     return x_t.to(x.scalar_type());
 }
@@ -240,8 +259,10 @@ torch::Tensor UniPCSampler::predictor(const torch::Tensor& x, int64_t i, int64_t
     const torch::Tensor& m0 = m_last_;
     const torch::Tensor s_t = sigma_t(i + 1), s_s0 = sigma_t(i);
     // sigma_{i+1} = 0: lambda = +inf, so phi_1 = B(h) = -1 and the first-order update is exactly the x0
-    // prediction. Handled explicitly rather than through inf arithmetic (0 * x would turn an inf in x into NaN).
-    if (to_float(s_t) == 0.0f && order == 1) return m0.to(x.scalar_type());
+    // prediction. Handled explicitly rather than through inf arithmetic (0 * x would turn an inf in x into
+    // NaN).
+    if (to_float(s_t) == 0.0f && order == 1)
+        return m0.to(x.scalar_type());
     const torch::Tensor alpha_t = 1 - s_t;
     const torch::Tensor lambda_s0 = lambda(i);
     const torch::Tensor h = lambda(i + 1) - lambda_s0;
@@ -263,7 +284,8 @@ torch::Tensor UniPCSampler::step(const torch::Tensor& v, int64_t i, const torch:
     check_step(i, v, x);
     const torch::Tensor m_t = x - v * sigma(i);  // x0 prediction (flow_prediction, predict_x0)
     torch::Tensor sample = x;
-    if (i > 0 && last_sample_.defined()) sample = corrector(m_t, i);
+    if (i > 0 && last_sample_.defined())
+        sample = corrector(m_t, i);
 
     m_prev_ = m_last_;
     m_last_ = m_t;
@@ -299,7 +321,7 @@ void UniPCSampler::load_state(const SamplerState& st) {
     TORCH_CHECK(lower_order_nums_ < 2 || m_prev_.defined(), "unipc sampler state: model_output_prev missing");
 }
 
-// ---------------------------------------------------------------------------------------------- DPM++
+// ----------------------------------------------------------------------------------------------------- DPM++
 
 DPMPPSampler::DPMPPSampler(int64_t steps, double shift)
     : FlowSampler(shifted_schedule(steps, shift, SigmaGrid::kDPMPP)) {}
@@ -331,8 +353,8 @@ torch::Tensor DPMPPSampler::step(const torch::Tensor& v, int64_t i, const torch:
         const torch::Tensor alpha_t = 1 - s_t;
         const torch::Tensor lambda_s0 = lambda_of(s_s0);
         const torch::Tensor h = lambda_of(s_t) - lambda_s0;
-        // sigma_s0 = 1 (the first step) gives lambda_s0 = -inf, h = +inf, exp(-h) = 0: IEEE arithmetic handles
-        // it the way the reference does.
+        // sigma_s0 = 1 (the first step) gives lambda_s0 = -inf, h = +inf, exp(-h) = 0: IEEE arithmetic
+        // handles it the way the reference does.
         const torch::Tensor coef = alpha_t * (torch::exp(-h) - 1.0);
         out = sample * to_float(s_t / s_s0) - m0 * to_float(coef);
         if (!first_order) {
@@ -363,9 +385,12 @@ void DPMPPSampler::load_state(const SamplerState& st) {
 // ---------------------------------------------------------------------------------------------- factory, CFG
 
 std::unique_ptr<FlowSampler> make_sampler(const std::string& solver, int64_t steps, double shift) {
-    if (solver == "unipc") return std::make_unique<UniPCSampler>(steps, shift);
-    if (solver == "dpm++") return std::make_unique<DPMPPSampler>(steps, shift);
-    if (solver == "euler") return std::make_unique<EulerSampler>(steps, shift);
+    if (solver == "unipc")
+        return std::make_unique<UniPCSampler>(steps, shift);
+    if (solver == "dpm++")
+        return std::make_unique<DPMPPSampler>(steps, shift);
+    if (solver == "euler")
+        return std::make_unique<EulerSampler>(steps, shift);
     throw std::invalid_argument("unknown sampler '" + solver + "' (expected unipc, dpm++ or euler)");
 }
 
@@ -377,7 +402,7 @@ torch::Tensor cfg_combine(const torch::Tensor& v_uncond, const torch::Tensor& v_
     return v_uncond + guidance * (v_cond - v_uncond);
 }
 
-// ---------------------------------------------------------------------------------------------- training
+// -------------------------------------------------------------------------------------------------- training
 
 torch::Tensor LogitNormalSigmaSampler::sample(int64_t n, std::optional<torch::Generator> gen) const {
     TORCH_CHECK(n >= 0, "timestep sampler: n must be >= 0");
@@ -402,14 +427,19 @@ torch::Tensor broadcast_sigma(const torch::Tensor& sigma, const torch::Tensor& x
 
 }  // namespace
 
-torch::Tensor flow_noisy_sample(const torch::Tensor& x0, const torch::Tensor& noise, const torch::Tensor& sigma) {
+torch::Tensor flow_noisy_sample(const torch::Tensor& x0, const torch::Tensor& noise,
+                                const torch::Tensor& sigma) {
     TORCH_CHECK(x0.sizes() == noise.sizes(), "flow_noisy_sample: x0 and noise shapes differ");
     const torch::Tensor s = broadcast_sigma(sigma, x0);
     return (1 - s) * x0 + s * noise;
 }
 
-torch::Tensor flow_velocity_target(const torch::Tensor& x0, const torch::Tensor& noise) { return noise - x0; }
+torch::Tensor flow_velocity_target(const torch::Tensor& x0, const torch::Tensor& noise) {
+    return noise - x0;
+}
 
-torch::Tensor sigma_to_model_timestep(const torch::Tensor& sigma) { return sigma * 1000; }
+torch::Tensor sigma_to_model_timestep(const torch::Tensor& sigma) {
+    return sigma * 1000;
+}
 
 }  // namespace memoreel

@@ -1,9 +1,9 @@
 // Flow matching as Wan uses it (spec section 6): x_sigma = (1 - sigma) x0 + sigma eps, the model predicts the
 // velocity v = eps - x0, and sampling integrates from sigma ~ 1 down to 0 on a shifted sigma grid.
 //
-// Samplers are stepped one model evaluation at a time so that the caller owns the model call (CFG, MoE switching,
-// per-token timesteps) and so that a session can be snapshotted between steps: every sampler's state is a set of
-// named tensors plus scalars (SamplerState) that restores the trajectory bit for bit.
+// Samplers are stepped one model evaluation at a time so that the caller owns the model call (CFG, MoE
+// switching, per-token timesteps) and so that a session can be snapshotted between steps: every sampler's
+// state is a set of named tensors plus scalars (SamplerState) that restores the trajectory bit for bit.
 #pragma once
 
 #include <torch/torch.h>
@@ -18,11 +18,11 @@
 
 namespace memoreel {
 
-// ---------------------------------------------------------------------------------------------- schedules
+// ------------------------------------------------------------------------------------------------- schedules
 
 // Which base grid the shift is applied to. The two official solvers differ here (spec 6.1):
-//  - kUniPC: linspace(sigma_max, 0, N+1)[:N] with sigma_max = float32(0.999), the top of the scheduler's training
-//    table (FlowUniPCMultistepScheduler.set_timesteps);
+//  - kUniPC: linspace(sigma_max, 0, N+1)[:N] with sigma_max = float32(0.999), the top of the scheduler's
+//    training table (FlowUniPCMultistepScheduler.set_timesteps);
 //  - kDPMPP: linspace(1, 0, N+1)[:N] (get_sampling_sigmas + FlowDPMSolverMultistepScheduler).
 enum class SigmaGrid { kUniPC, kDPMPP };
 
@@ -31,20 +31,20 @@ struct SigmaSchedule {
     torch::Tensor timesteps;  // int64 [N], CPU: the model's timestep input int64(sigma * 1000), truncated
 };
 
-// The shifted schedule, computed the way the official code does (float64 grid and shift, then sigmas rounded to
-// float32 and timesteps truncated from the float64 values), so both match the reference bit for bit.
+// The shifted schedule, computed the way the official code does (float64 grid and shift, then sigmas rounded
+// to float32 and timesteps truncated from the float64 values), so both match the reference bit for bit.
 SigmaSchedule shifted_schedule(int64_t steps, double shift, SigmaGrid grid = SigmaGrid::kUniPC);
 // Just the float32 sigmas [N+1] of shifted_schedule.
 torch::Tensor shifted_sigmas(int64_t steps, double shift, SigmaGrid grid = SigmaGrid::kUniPC);
-// int64(sigma * 1000), truncated toward zero, in the sigmas' own precision (pass float64 sigmas for parity with
-// the official schedule, whose timesteps come from the float64 values before rounding to float32). A trailing
-// sigma of 0 is kept (gives timestep 0); callers drop it when they need N timesteps.
+// int64(sigma * 1000), truncated toward zero, in the sigmas' own precision (pass float64 sigmas for parity
+// with the official schedule, whose timesteps come from the float64 values before rounding to float32). A
+// trailing sigma of 0 is kept (gives timestep 0); callers drop it when they need N timesteps.
 torch::Tensor timesteps_from_sigmas(const torch::Tensor& sigmas);
 // sigma' = s * u / (1 + (s - 1) * u), elementwise, in the tensor's precision.
 torch::Tensor shift_sigma(const torch::Tensor& u, double shift);
 double shift_sigma(double u, double shift);
 
-// ---------------------------------------------------------------------------------------------- samplers
+// -------------------------------------------------------------------------------------------------- samplers
 
 // A sampler's resumable state: named tensors (CPU or device) and scalars. Integers are stored as doubles
 // (all are small). Absent tensors (e.g. no history yet) are simply not in the map.
@@ -72,7 +72,8 @@ public:
 
     // Back to the state before step 0 (same schedule).
     virtual void reset();
-    // Snapshot and restore. load_state checks that the solver and the schedule are the same as this sampler's.
+    // Snapshot and restore. load_state checks that the solver and the schedule are the same as this
+    // sampler's.
     virtual SamplerState state() const;
     virtual void load_state(const SamplerState& state);
 
@@ -88,8 +89,8 @@ public:
 
 protected:
     void check_step(int64_t i, const torch::Tensor& v, const torch::Tensor& x) const;
-    // 0-d float32 CPU tensor of sigma_i: the scalar arithmetic runs through torch ops on these, exactly as the
-    // official code does it, so that log/expm1/solve round the same way.
+    // 0-d float32 CPU tensor of sigma_i: the scalar arithmetic runs through torch ops on these, exactly as
+    // the official code does it, so that log/expm1/solve round the same way.
     torch::Tensor sigma_t(int64_t i) const { return sigmas_[i]; }
 
     torch::Tensor sigmas_;
@@ -134,8 +135,8 @@ private:
     int64_t this_order_ = 0;
 };
 
-// FlowDPMSolverMultistepScheduler as Wan configures it (--sample_solver dpm++): dpmsolver++, order 2, midpoint,
-// lower_order_final, final sigma 0; sigmas from get_sampling_sigmas (grid starting at 1.0).
+// FlowDPMSolverMultistepScheduler as Wan configures it (--sample_solver dpm++): dpmsolver++, order 2,
+// midpoint, lower_order_final, final sigma 0; sigmas from get_sampling_sigmas (grid starting at 1.0).
 class DPMPPSampler : public FlowSampler {
 public:
     DPMPPSampler(int64_t steps, double shift);
@@ -158,7 +159,7 @@ std::unique_ptr<FlowSampler> make_sampler(const std::string& solver, int64_t ste
 // Classifier-free guidance: v_u + g (v_c - v_u).
 torch::Tensor cfg_combine(const torch::Tensor& v_uncond, const torch::Tensor& v_cond, double guidance);
 
-// ---------------------------------------------------------------------------------------------- training
+// -------------------------------------------------------------------------------------------------- training
 
 // Training-time sigmas: u = sigmoid(N(mean, std)) (SD3-style logit-normal), then shifted by `shift`.
 // The official training distribution is not published (spec 6.4, uncertain); this is the common choice, and
@@ -176,7 +177,8 @@ struct LogitNormalSigmaSampler {
 };
 
 // x_t = (1 - sigma) x0 + sigma noise, with sigma [B] (or a scalar tensor) broadcast over x0's trailing dims.
-torch::Tensor flow_noisy_sample(const torch::Tensor& x0, const torch::Tensor& noise, const torch::Tensor& sigma);
+torch::Tensor flow_noisy_sample(const torch::Tensor& x0, const torch::Tensor& noise,
+                                const torch::Tensor& sigma);
 // The regression target of the velocity: noise - x0.
 torch::Tensor flow_velocity_target(const torch::Tensor& x0, const torch::Tensor& noise);
 // The model's timestep input for a training sigma: sigma * 1000 (float, not truncated).

@@ -21,7 +21,7 @@ namespace {
 
 constexpr size_t kErrorLen = 1024;
 
-// ---------------------------------------------------------------------------------------------- the shim library
+// ------------------------------------------------------------------------------------------ the shim library
 
 struct SpmApi {
     void* library = nullptr;
@@ -46,7 +46,8 @@ Fn symbol(void* library, const char* name, const std::string& path) {
     void* p = dlsym(library, name);
     if (!p) {
         const char* err = dlerror();
-        throw TokenizerError("SentencePiece shim " + path + " lacks symbol " + name + (err ? std::string(": ") + err : ""));
+        throw TokenizerError("SentencePiece shim " + path + " lacks symbol " + name +
+                             (err ? std::string(": ") + err : ""));
     }
     return reinterpret_cast<Fn>(p);
 }
@@ -59,7 +60,8 @@ SpmApi load_api() {
     void* lib = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
     if (!lib) {
         const char* err = dlerror();
-        throw TokenizerError("cannot load the SentencePiece shim library " + path + ": " + (err ? err : "unknown error") +
+        throw TokenizerError("cannot load the SentencePiece shim library " + path + ": " +
+                             (err ? err : "unknown error") +
                              " (build the memoreel_spm target, or set MEMOREEL_SPM_LIBRARY)");
     }
     SpmApi api;
@@ -79,11 +81,12 @@ const SpmApi& spm() {
     static std::mutex mutex;
     static std::unique_ptr<SpmApi> api;
     std::lock_guard<std::mutex> lock(mutex);
-    if (!api) api = std::make_unique<SpmApi>(load_api());
+    if (!api)
+        api = std::make_unique<SpmApi>(load_api());
     return *api;
 }
 
-// ---------------------------------------------------------------------------------------------- text cleaning
+// --------------------------------------------------------------------------------------------- text cleaning
 
 void append_utf8(std::string& out, uint32_t cp) {
     if (cp < 0x80) {
@@ -125,9 +128,9 @@ size_t decode_utf8(const std::string& s, size_t i, uint32_t& cp) {
 
 // Python's str.isspace / re's \s for str patterns.
 bool is_unicode_space(uint32_t cp) {
-    return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
-           (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F ||
-           cp == 0x3000;
+    return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 ||
+           cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F ||
+           cp == 0x205F || cp == 0x3000;
 }
 
 // html.unescape's replacements for numeric references in 0x80..0x9F (Windows-1252) and a few others.
@@ -140,7 +143,8 @@ bool invalid_charref(uint32_t num, uint32_t& out) {
         {0x96, 0x2013}, {0x97, 0x2014}, {0x98, 0x02DC}, {0x99, 0x2122}, {0x9A, 0x0161}, {0x9B, 0x203A},
         {0x9C, 0x0153}, {0x9D, 0x9D},   {0x9E, 0x017E}, {0x9F, 0x0178}};
     auto it = table.find(num);
-    if (it == table.end()) return false;
+    if (it == table.end())
+        return false;
     out = it->second;
     return true;
 }
@@ -151,23 +155,23 @@ bool dropped_codepoint(uint32_t cp) {
            (cp >= 0xFDD0 && cp <= 0xFDEF) || (cp & 0xFFFE) == 0xFFFE;
 }
 
-// Named entities: the common ones in prompts. `legacy` ones are also recognised without the semicolon, as HTML5
-// (and html.unescape) does.
+// Named entities: the common ones in prompts. `legacy` ones are also recognised without the semicolon, as
+// HTML5 (and html.unescape) does.
 struct Entity {
     const char* name;
     uint32_t cp;
     bool legacy;
 };
 const Entity kEntities[] = {
-    {"amp", '&', true},     {"lt", '<', true},      {"gt", '>', true},      {"quot", '"', true},
-    {"apos", '\'', false},  {"nbsp", 0xA0, true},   {"copy", 0xA9, true},   {"reg", 0xAE, true},
-    {"deg", 0xB0, true},    {"middot", 0xB7, true}, {"laquo", 0xAB, true},  {"raquo", 0xBB, true},
-    {"times", 0xD7, true},  {"divide", 0xF7, true}, {"eacute", 0xE9, true}, {"egrave", 0xE8, true},
-    {"agrave", 0xE0, true}, {"ccedil", 0xE7, true}, {"uuml", 0xFC, true},   {"ouml", 0xF6, true},
-    {"auml", 0xE4, true},   {"szlig", 0xDF, true},  {"ntilde", 0xF1, true}, {"hellip", 0x2026, false},
-    {"mdash", 0x2014, false}, {"ndash", 0x2013, false}, {"lsquo", 0x2018, false}, {"rsquo", 0x2019, false},
-    {"ldquo", 0x201C, false}, {"rdquo", 0x201D, false}, {"bull", 0x2022, false},  {"trade", 0x2122, false},
-    {"euro", 0x20AC, false},  {"thinsp", 0x2009, false}, {"ensp", 0x2002, false}, {"emsp", 0x2003, false},
+    {"amp", '&', true},       {"lt", '<', true},         {"gt", '>', true},        {"quot", '"', true},
+    {"apos", '\'', false},    {"nbsp", 0xA0, true},      {"copy", 0xA9, true},     {"reg", 0xAE, true},
+    {"deg", 0xB0, true},      {"middot", 0xB7, true},    {"laquo", 0xAB, true},    {"raquo", 0xBB, true},
+    {"times", 0xD7, true},    {"divide", 0xF7, true},    {"eacute", 0xE9, true},   {"egrave", 0xE8, true},
+    {"agrave", 0xE0, true},   {"ccedil", 0xE7, true},    {"uuml", 0xFC, true},     {"ouml", 0xF6, true},
+    {"auml", 0xE4, true},     {"szlig", 0xDF, true},     {"ntilde", 0xF1, true},   {"hellip", 0x2026, false},
+    {"mdash", 0x2014, false}, {"ndash", 0x2013, false},  {"lsquo", 0x2018, false}, {"rsquo", 0x2019, false},
+    {"ldquo", 0x201C, false}, {"rdquo", 0x201D, false},  {"bull", 0x2022, false},  {"trade", 0x2122, false},
+    {"euro", 0x20AC, false},  {"thinsp", 0x2009, false}, {"ensp", 0x2002, false},  {"emsp", 0x2003, false},
 };
 
 std::string html_unescape(const std::string& s) {
@@ -183,21 +187,25 @@ std::string html_unescape(const std::string& s) {
         if (j < s.size() && s[j] == '#') {
             ++j;
             const bool hex = j < s.size() && (s[j] == 'x' || s[j] == 'X');
-            if (hex) ++j;
+            if (hex)
+                ++j;
             const size_t start = j;
             uint64_t num = 0;
             while (j < s.size() && (hex ? std::isxdigit(static_cast<unsigned char>(s[j]))
                                         : std::isdigit(static_cast<unsigned char>(s[j])))) {
                 const char d = static_cast<char>(std::tolower(static_cast<unsigned char>(s[j])));
-                const uint64_t digit = d <= '9' ? static_cast<uint64_t>(d - '0') : static_cast<uint64_t>(d - 'a' + 10);
-                if (num <= 0x10FFFF) num = num * (hex ? 16 : 10) + digit;  // saturates past the Unicode range
+                const uint64_t digit =
+                    d <= '9' ? static_cast<uint64_t>(d - '0') : static_cast<uint64_t>(d - 'a' + 10);
+                if (num <= 0x10FFFF)
+                    num = num * (hex ? 16 : 10) + digit;  // saturates past the Unicode range
                 ++j;
             }
             if (j == start) {  // "&#" without digits stays as it is
                 out += s[i++];
                 continue;
             }
-            if (j < s.size() && s[j] == ';') ++j;
+            if (j < s.size() && s[j] == ';')
+                ++j;
             uint32_t cp = 0;
             if (invalid_charref(static_cast<uint32_t>(std::min<uint64_t>(num, 0xFFFFFFFF)), cp)) {
                 append_utf8(out, cp);
@@ -212,15 +220,18 @@ std::string html_unescape(const std::string& s) {
         bool matched = false;
         for (const auto& e : kEntities) {
             const size_t n = std::strlen(e.name);
-            if (s.compare(j, n, e.name) != 0) continue;
+            if (s.compare(j, n, e.name) != 0)
+                continue;
             const bool semi = j + n < s.size() && s[j + n] == ';';
-            if (!semi && !e.legacy) continue;
+            if (!semi && !e.legacy)
+                continue;
             append_utf8(out, e.cp);
             i = j + n + (semi ? 1 : 0);
             matched = true;
             break;
         }
-        if (!matched) out += s[i++];
+        if (!matched)
+            out += s[i++];
     }
     return out;
 }
@@ -235,7 +246,8 @@ std::string collapse_whitespace(const std::string& s) {
         if (is_unicode_space(cp) && !(len == 1 && cp >= 0x80)) {  // a lone invalid byte is not whitespace
             pending_space = true;
         } else {
-            if (pending_space && !out.empty()) out += ' ';
+            if (pending_space && !out.empty())
+                out += ' ';
             pending_space = false;
             out.append(s, i, len);
         }
@@ -245,23 +257,26 @@ std::string collapse_whitespace(const std::string& s) {
 }
 
 bool has_whitespace(const std::string& s) {
-    return std::any_of(s.begin(), s.end(), [](char c) { return std::isspace(static_cast<unsigned char>(c)); });
+    return std::any_of(s.begin(), s.end(),
+                       [](char c) { return std::isspace(static_cast<unsigned char>(c)); });
 }
 
 }  // namespace
 
 std::string clean_prompt_text(const std::string& text) {
-    // basic_clean: (ftfy.fix_text,) html.unescape(html.unescape(.)), strip; whitespace_clean: \s+ -> ' ', strip.
+    // basic_clean: (ftfy.fix_text,) html.unescape(html.unescape(.)), strip; whitespace_clean: \s+ -> ' ',
+    // strip.
     return collapse_whitespace(html_unescape(html_unescape(text)));
 }
 
 std::string spm_library_path() {
-    if (const char* env = std::getenv("MEMOREEL_SPM_LIBRARY"); env && *env) return env;
+    if (const char* env = std::getenv("MEMOREEL_SPM_LIBRARY"); env && *env)
+        return env;
     const std::string dir = executable_dir();
     return (dir.empty() ? fs::path("libmemoreel_spm.so") : fs::path(dir) / "libmemoreel_spm.so").string();
 }
 
-// ---------------------------------------------------------------------------------------------- Tokenizer
+// ------------------------------------------------------------------------------------------------- Tokenizer
 
 Tokenizer::Tokenizer(const std::string& model_path) : path_(model_path) {
     std::error_code ec;
@@ -280,13 +295,15 @@ Tokenizer::Tokenizer(const std::string& model_path) : path_(model_path) {
     if (n <= kEosId || eos != kEosId) {
         api.free(handle_);
         handle_ = nullptr;
-        throw TokenizerError("tokenizer model " + model_path + " does not follow T5's conventions (</s> has id " +
-                             std::to_string(eos) + ", expected 1; vocabulary size " + std::to_string(n) + ")");
+        throw TokenizerError("tokenizer model " + model_path +
+                             " does not follow T5's conventions (</s> has id " + std::to_string(eos) +
+                             ", expected 1; vocabulary size " + std::to_string(n) + ")");
     }
 }
 
 Tokenizer::~Tokenizer() {
-    if (handle_) spm().free(handle_);
+    if (handle_)
+        spm().free(handle_);
 }
 
 Tokenizer::Tokenizer(Tokenizer&& other) noexcept : path_(std::move(other.path_)), handle_(other.handle_) {
@@ -295,7 +312,8 @@ Tokenizer::Tokenizer(Tokenizer&& other) noexcept : path_(std::move(other.path_))
 
 Tokenizer& Tokenizer::operator=(Tokenizer&& other) noexcept {
     if (this != &other) {
-        if (handle_) spm().free(handle_);
+        if (handle_)
+            spm().free(handle_);
         path_ = std::move(other.path_);
         handle_ = other.handle_;
         other.handle_ = nullptr;
@@ -308,17 +326,21 @@ std::vector<int64_t> Tokenizer::encode_pieces(const std::string& text) const {
     const SpmApi& api = spm();
     std::vector<int32_t> ids(text.size() + 16);
     char err[kErrorLen] = {0};
-    int64_t n = api.encode(handle_, text.c_str(), ids.data(), static_cast<int64_t>(ids.size()), err, sizeof(err));
+    int64_t n =
+        api.encode(handle_, text.c_str(), ids.data(), static_cast<int64_t>(ids.size()), err, sizeof(err));
     if (n > static_cast<int64_t>(ids.size())) {
         ids.resize(static_cast<size_t>(n));
         n = api.encode(handle_, text.c_str(), ids.data(), static_cast<int64_t>(ids.size()), err, sizeof(err));
     }
-    if (n < 0) throw TokenizerError("tokenizer " + path_ + ": encoding failed: " + err);
+    if (n < 0)
+        throw TokenizerError("tokenizer " + path_ + ": encoding failed: " + err);
     return std::vector<int64_t>(ids.begin(), ids.begin() + n);
 }
 
 TokenizedText Tokenizer::encode(const std::vector<std::string>& texts, int64_t max_len) const {
-    if (max_len < 1) throw TokenizerError("tokenizer: max_len must be >= 1 (room for EOS), got " + std::to_string(max_len));
+    if (max_len < 1)
+        throw TokenizerError("tokenizer: max_len must be >= 1 (room for EOS), got " +
+                             std::to_string(max_len));
     const int64_t b = static_cast<int64_t>(texts.size());
     TokenizedText out{torch::zeros({b, max_len}, torch::kInt64), torch::zeros({b, max_len}, torch::kInt64)};
     auto ids = out.ids.accessor<int64_t, 2>();
@@ -326,11 +348,14 @@ TokenizedText Tokenizer::encode(const std::vector<std::string>& texts, int64_t m
     for (int64_t r = 0; r < b; ++r) {
         std::vector<int64_t> pieces = encode_pieces(clean_prompt_text(texts[r]));
         // truncation=True with add_special_tokens: the pieces are cut so that EOS still fits.
-        if (static_cast<int64_t>(pieces.size()) > max_len - 1) pieces.resize(static_cast<size_t>(max_len - 1));
+        if (static_cast<int64_t>(pieces.size()) > max_len - 1)
+            pieces.resize(static_cast<size_t>(max_len - 1));
         const int64_t n = static_cast<int64_t>(pieces.size());
-        for (int64_t k = 0; k < n; ++k) ids[r][k] = pieces[k];
+        for (int64_t k = 0; k < n; ++k)
+            ids[r][k] = pieces[k];
         ids[r][n] = kEosId;
-        for (int64_t k = 0; k <= n; ++k) mask[r][k] = 1;
+        for (int64_t k = 0; k <= n; ++k)
+            mask[r][k] = 1;
     }
     return out;
 }
@@ -347,8 +372,8 @@ std::string Tokenizer::decode(const std::vector<int64_t>& ids) const {
     in.reserve(ids.size());
     for (int64_t id : ids) {
         if (id < 0 || id >= vocab)
-            throw TokenizerError("tokenizer " + path_ + ": id " + std::to_string(id) + " is outside the vocabulary (" +
-                                 std::to_string(vocab) + ")");
+            throw TokenizerError("tokenizer " + path_ + ": id " + std::to_string(id) +
+                                 " is outside the vocabulary (" + std::to_string(vocab) + ")");
         in.push_back(static_cast<int32_t>(id));
     }
     char err[kErrorLen] = {0};
@@ -360,7 +385,8 @@ std::string Tokenizer::decode(const std::vector<int64_t>& ids) const {
         n = api.decode(handle_, in.data(), static_cast<int64_t>(in.size()), text.data(),
                        static_cast<int64_t>(text.size()), err, sizeof(err));
     }
-    if (n < 0) throw TokenizerError("tokenizer " + path_ + ": decoding failed: " + err);
+    if (n < 0)
+        throw TokenizerError("tokenizer " + path_ + ": decoding failed: " + err);
     text.resize(static_cast<size_t>(n));
     return text;
 }
@@ -375,7 +401,8 @@ std::string Tokenizer::decode(const torch::Tensor& ids, const torch::Tensor& mas
     }
     std::vector<int64_t> v;
     for (int64_t k = 0; k < i64.size(0); ++k)
-        if (!keep.defined() || keep[k].item<bool>()) v.push_back(i64[k].item<int64_t>());
+        if (!keep.defined() || keep[k].item<bool>())
+            v.push_back(i64[k].item<int64_t>());
     return decode(v);
 }
 
@@ -389,31 +416,37 @@ int64_t Tokenizer::piece_to_id(const std::string& piece) const {
     return spm().piece_to_id(handle_, piece.c_str());
 }
 
-// ---------------------------------------------------------------------------------------------- training
+// -------------------------------------------------------------------------------------------------- training
 
 void train_tokenizer(const std::string& corpus_file, const std::string& model_prefix, int64_t vocab_size,
                      const TokenizerTrainOptions& options) {
     if (has_whitespace(corpus_file) || has_whitespace(model_prefix))
         throw TokenizerError("train_tokenizer: paths must not contain whitespace (corpus '" + corpus_file +
                              "', prefix '" + model_prefix + "')");
-    if (vocab_size < 8) throw TokenizerError("train_tokenizer: vocab_size must be >= 8");
+    if (vocab_size < 8)
+        throw TokenizerError("train_tokenizer: vocab_size must be >= 8");
     std::ifstream in(corpus_file);
-    if (!in) throw TokenizerError("train_tokenizer: cannot read corpus " + corpus_file);
+    if (!in)
+        throw TokenizerError("train_tokenizer: cannot read corpus " + corpus_file);
     // The trainer sees the same cleaned text that encode() will feed the model.
     const std::string cleaned = model_prefix + ".corpus.txt";
     {
         std::ofstream out(cleaned, std::ios::trunc);
-        if (!out) throw TokenizerError("train_tokenizer: cannot write " + cleaned);
+        if (!out)
+            throw TokenizerError("train_tokenizer: cannot write " + cleaned);
         std::string line;
         int64_t lines = 0;
         while (std::getline(in, line)) {
             line = clean_prompt_text(line);
-            if (line.empty()) continue;
+            if (line.empty())
+                continue;
             out << line << '\n';
             ++lines;
         }
-        if (lines == 0) throw TokenizerError("train_tokenizer: corpus " + corpus_file + " has no text");
-        if (!out) throw TokenizerError("train_tokenizer: writing " + cleaned + " failed");
+        if (lines == 0)
+            throw TokenizerError("train_tokenizer: corpus " + corpus_file + " has no text");
+        if (!out)
+            throw TokenizerError("train_tokenizer: writing " + cleaned + " failed");
     }
     auto num = [](auto v) {
         std::ostringstream o;
@@ -440,12 +473,13 @@ void train_tokenizer(const std::string& corpus_file, const std::string& model_pr
         {"unk_piece", "<unk>"},
         {"minloglevel", "1"},
     };
-    // extra_args override the flags above (SentencePieceTrainer's argument string keeps the first occurrence of a
-    // repeated flag, so a plain append would not).
+    // extra_args override the flags above (SentencePieceTrainer's argument string keeps the first occurrence
+    // of a repeated flag, so a plain append would not).
     std::istringstream extra(options.extra_args);
     for (std::string word; extra >> word;) {
         if (word.rfind("--", 0) != 0 || word.find('=') == std::string::npos)
-            throw TokenizerError("train_tokenizer: extra argument '" + word + "' is not of the form --name=value");
+            throw TokenizerError("train_tokenizer: extra argument '" + word +
+                                 "' is not of the form --name=value");
         const std::string key = word.substr(2, word.find('=') - 2), value = word.substr(word.find('=') + 1);
         auto it = std::find_if(flags.begin(), flags.end(), [&](const auto& f) { return f.first == key; });
         if (it != flags.end())
@@ -454,12 +488,15 @@ void train_tokenizer(const std::string& corpus_file, const std::string& model_pr
             flags.emplace_back(key, value);
     }
     std::string args;
-    for (const auto& [key, value] : flags) args += (args.empty() ? "--" : " --") + key + "=" + value;
+    for (const auto& [key, value] : flags)
+        args += (args.empty() ? "--" : " --") + key + "=" + value;
     char err[kErrorLen] = {0};
     const int rc = spm().train(args.c_str(), err, sizeof(err));
     std::error_code ec;
     fs::remove(cleaned, ec);
-    if (rc != 0) throw TokenizerError("training tokenizer " + model_prefix + ".model from " + corpus_file + " failed: " + err);
+    if (rc != 0)
+        throw TokenizerError("training tokenizer " + model_prefix + ".model from " + corpus_file +
+                             " failed: " + err);
 }
 
 }  // namespace memoreel

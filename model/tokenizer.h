@@ -2,9 +2,9 @@
 // unk 2, no BOS), called the way Wan calls its HF tokenizer (spec section 5): prompt cleaning, EOS appended,
 // padding to max_len with 0, truncation that keeps the EOS, and a mask of 1 on real tokens (EOS included).
 //
-// SentencePiece itself lives in the isolated shared library libmemoreel_spm.so (see CMakeLists.txt: its embedded
-// protobuf must not meet LibTorch's), loaded here at run time with dlopen(RTLD_LOCAL | RTLD_DEEPBIND). It is looked
-// for next to the running executable; MEMOREEL_SPM_LIBRARY overrides the path.
+// SentencePiece itself lives in the isolated shared library libmemoreel_spm.so (see CMakeLists.txt: its
+// embedded protobuf must not meet LibTorch's), loaded here at run time with dlopen(RTLD_LOCAL |
+// RTLD_DEEPBIND). It is looked for next to the running executable; MEMOREEL_SPM_LIBRARY overrides the path.
 #pragma once
 
 #include <torch/torch.h>
@@ -21,10 +21,10 @@ public:
     using std::runtime_error::runtime_error;
 };
 
-// Wan's prompt cleaning ('whitespace' mode): html.unescape twice, then every run of (Unicode) whitespace becomes
-// one space and the ends are stripped. ftfy.fix_text, which the reference runs first, is not available in C++;
-// it only repairs mojibake and odd Unicode, so well-formed UTF-8 prompts are unaffected. HTML unescaping covers
-// numeric references and the common named entities, not the full HTML5 table.
+// Wan's prompt cleaning ('whitespace' mode): html.unescape twice, then every run of (Unicode) whitespace
+// becomes one space and the ends are stripped. ftfy.fix_text, which the reference runs first, is not
+// available in C++; it only repairs mojibake and odd Unicode, so well-formed UTF-8 prompts are unaffected.
+// HTML unescaping covers numeric references and the common named entities, not the full HTML5 table.
 std::string clean_prompt_text(const std::string& text);
 
 // Where the SentencePiece shim library is loaded from (MEMOREEL_SPM_LIBRARY, or next to the executable).

@@ -1,10 +1,11 @@
 // The umT5 text encoder of Wan (wan/modules/t5.py T5Encoder; spec section 5), module for module so that
-// named_parameters() yields the official checkpoint names (token_embedding.weight, blocks.N.attn.q.weight, ...).
+// named_parameters() yields the official checkpoint names (token_embedding.weight,
+// blocks.N.attn.q.weight, ...).
 //
 // Numerics follow the official code: RMS norms in float32 (then cast to the weight dtype for bf16 weights),
-// attention without 1/sqrt(d) scaling plus a relative position bias, padding keys filled with finfo(dtype).min,
-// softmax in float32, gated-GELU (tanh) feed-forward. The output is float32 [B, L, dim] at every position; the
-// pipeline keeps the first seq_len rows of each sample (text_context()).
+// attention without 1/sqrt(d) scaling plus a relative position bias, padding keys filled with
+// finfo(dtype).min, softmax in float32, gated-GELU (tanh) feed-forward. The output is float32 [B, L, dim] at
+// every position; the pipeline keeps the first seq_len rows of each sample (text_context()).
 #pragma once
 
 #include <torch/torch.h>
@@ -30,15 +31,16 @@ private:
 TORCH_MODULE(T5RMSNorm);
 
 // Bucket of a relative position rel = key - query (T5 _relative_position_bucket). Bidirectional: buckets
-// [0, n/2) for rel <= 0 and [n/2, n) for rel > 0; within a half, exact up to n/4 and logarithmic up to max_distance.
-// Computed in float32 like the reference so that boundary cases round the same way.
+// [0, n/2) for rel <= 0 and [n/2, n) for rel > 0; within a half, exact up to n/4 and logarithmic up to
+// max_distance. Computed in float32 like the reference so that boundary cases round the same way.
 torch::Tensor relative_position_bucket(const torch::Tensor& rel_pos, int64_t num_buckets, bool bidirectional,
                                        int64_t max_distance);
 
 // Per-head bias table over relative-position buckets; forward(lq, lk) gives [1, heads, lq, lk].
 class T5RelativeEmbeddingImpl : public torch::nn::Module {
 public:
-    T5RelativeEmbeddingImpl(int64_t num_buckets, int64_t num_heads, bool bidirectional, int64_t max_distance = 128);
+    T5RelativeEmbeddingImpl(int64_t num_buckets, int64_t num_heads, bool bidirectional,
+                            int64_t max_distance = 128);
     torch::Tensor forward(int64_t lq, int64_t lk);
     // The buckets of key - query for lq x lk positions (int64 [lq, lk]).
     torch::Tensor buckets(int64_t lq, int64_t lk) const;
@@ -58,7 +60,8 @@ TORCH_MODULE(T5RelativeEmbedding);
 class T5AttentionImpl : public torch::nn::Module {
 public:
     T5AttentionImpl(int64_t dim, int64_t dim_attn, int64_t num_heads);
-    // x [B, L, dim]; mask [B, L] (nonzero = real token) or undefined; pos_bias [1 or B, heads, L, L] or undefined.
+    // x [B, L, dim]; mask [B, L] (nonzero = real token) or undefined;
+    // pos_bias [1 or B, heads, L, L] or undefined.
     torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask, const torch::Tensor& pos_bias);
 
     Linear q{nullptr}, k{nullptr}, v{nullptr}, o{nullptr};
@@ -92,7 +95,8 @@ private:
 };
 TORCH_MODULE(T5FeedForward);
 
-// GELU, tanh approximation, written out as the reference's module does (0.5 x (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3)))).
+// GELU, tanh approximation, written out as the reference's module does:
+// 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 torch::Tensor t5_gelu(const torch::Tensor& x);
 
 // Pre-norm encoder block (official T5SelfAttention): x + attn(norm1 x), then x + ffn(norm2 x).
@@ -115,14 +119,14 @@ public:
     explicit UMT5EncoderImpl(const UMT5Config& config);
 
     // ids int64 [B, L], mask [B, L] (any integer/bool/float dtype; nonzero = real token, EOS included) or
-    // undefined (no padding). Returns float32 [B, L, dim]. When block_outputs is given, it receives the output
-    // of every block (before the final norm), for tests and debugging.
+    // undefined (no padding). Returns float32 [B, L, dim]. When block_outputs is given, it receives the
+    // output of every block (before the final norm), for tests and debugging.
     torch::Tensor forward(const torch::Tensor& ids, const torch::Tensor& mask = {},
                           std::vector<torch::Tensor>* block_outputs = nullptr);
 
-    // The official init_weights: norms 1, token embedding N(0, 1), q N(0, (dim*dim_attn)^-1/2), k/v N(0, dim^-1/2),
-    // o N(0, (heads*dim_attn)^-1/2), gate/fc1 N(0, dim^-1/2), fc2 N(0, dim_ffn^-1/2),
-    // relative tables N(0, (2*buckets*heads)^-1/2). Run by the constructor; uses the default generator.
+    // The official init_weights: norms 1, token embedding N(0, 1), q N(0, (dim*dim_attn)^-1/2), k/v N(0,
+    // dim^-1/2), o N(0, (heads*dim_attn)^-1/2), gate/fc1 N(0, dim^-1/2), fc2 N(0, dim_ffn^-1/2), relative
+    // tables N(0, (2*buckets*heads)^-1/2). Run by the constructor; uses the default generator.
     void init_weights();
 
     const UMT5Config& config() const { return config_; }
@@ -142,8 +146,8 @@ TORCH_MODULE(UMT5Encoder);
 // Per sample, the first seq_len = mask.sum() rows of the encoder output (what Wan hands to the DiT).
 std::vector<torch::Tensor> text_context(const torch::Tensor& hidden, const torch::Tensor& mask);
 
-// Maps a Hugging Face UMT5EncoderModel / Diffusers text_encoder tensor name to the official name (spec 5), for
-// LoadOptions::rename. Names it does not know are returned unchanged (so strict loading reports them).
+// Maps a Hugging Face UMT5EncoderModel / Diffusers text_encoder tensor name to the official name (spec 5),
+// for LoadOptions::rename. Names it does not know are returned unchanged (so strict loading reports them).
 // Both `shared.weight` and `encoder.embed_tokens.weight` map to token_embedding.weight (they are tied).
 std::string umt5_hf_to_official_name(const std::string& hf_name);
 

@@ -23,7 +23,8 @@ struct TrajectoryDiffs {
     double v = 0, x = 0, x0 = 0, corrected = 0;
 };
 
-// Runs the golden trajectory (8 steps, shift 5) with the given sampler and returns per-quantity max differences.
+// Runs the golden trajectory (8 steps, shift 5) with the given sampler and returns per-quantity max
+// differences.
 TrajectoryDiffs run_golden_trajectory(FlowSampler& sampler, const std::string& prefix, bool with_corrected) {
     const auto gv = golden().get(prefix + ".v");
     const auto gx = golden().get(prefix + ".x");
@@ -90,7 +91,8 @@ TEST_SUITE("flow_matching") {
     }
 
     TEST_CASE("timesteps_from_sigmas truncates") {
-        const auto t = timesteps_from_sigmas(torch::tensor({0.99980, 0.0925, 0.0009999, 0.0}, torch::kFloat64));
+        const auto t =
+            timesteps_from_sigmas(torch::tensor({0.99980, 0.0925, 0.0009999, 0.0}, torch::kFloat64));
         CHECK(t[0].item<int64_t>() == 999);
         CHECK(t[1].item<int64_t>() == 92);
         CHECK(t[2].item<int64_t>() == 0);
@@ -124,9 +126,11 @@ TEST_SUITE("flow_matching") {
         UniPCSampler sampler(8, 5.0);
         const std::vector<float> sig = {0.9997998f, 0.972006f,  0.9372655f, 0.8926018f, 0.8330554f,
                                         0.7496998f, 0.6246874f, 0.4163888f, 0.0f};
-        for (size_t i = 0; i < sig.size(); ++i) CHECK(std::abs(sampler.sigma(i) - sig[i]) < 1e-7);
+        for (size_t i = 0; i < sig.size(); ++i)
+            CHECK(std::abs(sampler.sigma(i) - sig[i]) < 1e-7);
         const std::vector<int64_t> ts = {999, 972, 937, 892, 833, 749, 624, 416};
-        for (size_t i = 0; i < ts.size(); ++i) CHECK(sampler.timestep(i) == ts[i]);
+        for (size_t i = 0; i < ts.size(); ++i)
+            CHECK(sampler.timestep(i) == ts[i]);
 
         std::map<int64_t, std::vector<float>> expect = {
             {0, {-0.9610811f, -0.5716448f, -0.1822084f, 0.2072279f, 0.5966642f, 0.9861006f}},
@@ -154,7 +158,8 @@ TEST_SUITE("flow_matching") {
             const auto x_init = torch::randn({2, 3, 4}, torch::kFloat64);
             const auto c = torch::randn({2, 3, 4}, torch::kFloat64);
             torch::Tensor x = x_init;
-            for (int64_t i = 0; i < sampler.num_steps(); ++i) x = sampler.step(c, i, x);
+            for (int64_t i = 0; i < sampler.num_steps(); ++i)
+                x = sampler.step(c, i, x);
             // The sample is float32 inside each step (as diffusers does); compare at float32 precision.
             CHECK_CLOSE(x, x_init - sampler.sigma(0) * c, 1e-5);
         }
@@ -251,12 +256,14 @@ TEST_SUITE("flow_matching") {
                 CHECK(second->step_index() == cut);
                 const auto rest = run_all(*second, x, cut);
                 REQUIRE(rest.size() == reference.size() - cut);
-                for (size_t k = 0; k < rest.size(); ++k) CHECK(torch::equal(rest[k], reference[cut + k]));
+                for (size_t k = 0; k < rest.size(); ++k)
+                    CHECK(torch::equal(rest[k], reference[cut + k]));
             }
             // reset() starts over and gives the same trajectory.
             full->reset();
             const auto again = run_all(*full, x_init);
-            for (size_t k = 0; k < again.size(); ++k) CHECK(torch::equal(again[k], reference[k]));
+            for (size_t k = 0; k < again.size(); ++k)
+                CHECK(torch::equal(again[k], reference[k]));
         }
     }
 
@@ -268,11 +275,14 @@ TEST_SUITE("flow_matching") {
         DPMPPSampler other(4, 5.0);
         CHECK_THROWS_AS(other.load_state(sampler.state()), c10::Error);
         UniPCSampler longer(5, 5.0);
-        CHECK_THROWS_WITH_AS(longer.load_state(sampler.state()), doctest::Contains("schedule differs"), c10::Error);
+        CHECK_THROWS_WITH_AS(longer.load_state(sampler.state()), doctest::Contains("schedule differs"),
+                             c10::Error);
         CHECK_THROWS_AS(make_sampler("heun", 4, 5.0), std::invalid_argument);
-        CHECK_THROWS_AS(UniPCSampler(torch::tensor({0.9f, 0.9f, 0.0f}), torch::tensor({900, 900})), c10::Error);
+        CHECK_THROWS_AS(UniPCSampler(torch::tensor({0.9f, 0.9f, 0.0f}), torch::tensor({900, 900})),
+                        c10::Error);
         CHECK_THROWS_AS(EulerSampler(torch::tensor({0.9f, 0.5f}), torch::tensor({900})), c10::Error);
-        for (int64_t i = 1; i < 4; ++i) sampler.step(x, i, x);
+        for (int64_t i = 1; i < 4; ++i)
+            sampler.step(x, i, x);
         CHECK(sampler.done());
         CHECK_THROWS_AS(sampler.step(x, 4, x), c10::Error);
     }

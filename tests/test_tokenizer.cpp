@@ -1,5 +1,5 @@
-// SentencePiece tokenizer through the isolated shim: training a small T5-style vocabulary, Wan's call conventions
-// (cleaning, EOS, padding, truncation, mask), round trips, and clear errors for bad model files.
+// SentencePiece tokenizer through the isolated shim: training a small T5-style vocabulary, Wan's call
+// conventions (cleaning, EOS, padding, truncation, mask), round trips, and clear errors for bad model files.
 #include "model/tokenizer.h"
 #include "tests/test_support.h"
 
@@ -15,25 +15,30 @@ namespace {
 
 // A few hundred varied caption-like sentences from word lists, deterministic.
 std::vector<std::string> make_corpus(int n, uint32_t seed) {
-    const std::vector<std::string> who = {"a red fox",      "the old sailor",   "two children",   "a grey cat",
-                                          "the tall woman", "a small robot",    "an orange bird", "the blue car",
-                                          "a young wizard", "the quiet farmer", "three dancers",  "a golden dog"};
-    const std::vector<std::string> does = {"walks along",  "jumps over",   "looks at",    "runs toward",
-                                           "sits beside",  "dances around", "flies above", "waits near",
-                                           "paints",        "climbs",        "follows",     "carries"};
-    const std::vector<std::string> what = {"the river",      "a wooden bridge", "the snowy mountain", "a busy market",
-                                           "the lighthouse", "an empty street", "the green forest",   "a sandy beach",
-                                           "the castle",     "a glass tower",   "the night sky",      "a small boat"};
-    const std::vector<std::string> how = {"in the morning", "at sunset",       "under heavy rain", "while it snows",
-                                          "slowly",         "with great care", "in slow motion",   "at night",
-                                          "as the camera pans left", "in a wide shot", "close up", "from above"};
+    const std::vector<std::string> who = {"a red fox",        "the old sailor", "two children",
+                                          "a grey cat",       "the tall woman", "a small robot",
+                                          "an orange bird",   "the blue car",   "a young wizard",
+                                          "the quiet farmer", "three dancers",  "a golden dog"};
+    const std::vector<std::string> does = {"walks along", "jumps over",    "looks at",    "runs toward",
+                                           "sits beside", "dances around", "flies above", "waits near",
+                                           "paints",      "climbs",        "follows",     "carries"};
+    const std::vector<std::string> what = {"the river",        "a wooden bridge", "the snowy mountain",
+                                           "a busy market",    "the lighthouse",  "an empty street",
+                                           "the green forest", "a sandy beach",   "the castle",
+                                           "a glass tower",    "the night sky",   "a small boat"};
+    const std::vector<std::string> how = {"in the morning", "at sunset", "under heavy rain",
+                                          "while it snows", "slowly",    "with great care",
+                                          "in slow motion", "at night",  "as the camera pans left",
+                                          "in a wide shot", "close up",  "from above"};
     std::mt19937 rng(seed);
     auto pick = [&](const std::vector<std::string>& v) { return v[rng() % v.size()]; };
     std::vector<std::string> out;
     for (int i = 0; i < n; ++i) {
         std::string s = pick(who) + " " + pick(does) + " " + pick(what) + " " + pick(how);
-        if (rng() % 3 == 0) s += ", and " + pick(who) + " " + pick(does) + " " + pick(what);
-        if (rng() % 4 == 0) s += " " + std::to_string(rng() % 2000);
+        if (rng() % 3 == 0)
+            s += ", and " + pick(who) + " " + pick(does) + " " + pick(what);
+        if (rng() % 4 == 0)
+            s += " " + std::to_string(rng() % 2000);
         s += rng() % 2 ? "." : "!";
         s[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(s[0])));
         out.push_back(s);
@@ -48,7 +53,8 @@ struct TrainedTokenizer {
     std::string model;
     TrainedTokenizer() {
         std::ofstream out(dir.file("corpus.txt"));
-        for (const auto& s : corpus) out << s << '\n';
+        for (const auto& s : corpus)
+            out << s << '\n';
         out.close();
         train_tokenizer(dir.file("corpus.txt"), dir.file("spm"), 300);
         model = dir.file("spm.model");
@@ -74,8 +80,10 @@ TEST_SUITE("tokenizer") {
         CHECK(clean_prompt_text("&amp;lt;b&amp;gt;") == "<b>");  // unescaped twice
         CHECK(clean_prompt_text("it&#39;s &quot;here&quot;") == "it's \"here\"");
         CHECK(clean_prompt_text("caf&#xE9; &eacute;t&eacute;") == "caf\xC3\xA9 \xC3\xA9t\xC3\xA9");
-        CHECK(clean_prompt_text("a&nbsp;&nbsp;b") == "a b");                  // U+00A0 is whitespace
-        CHECK(clean_prompt_text("a\xE3\x80\x80" "b\xE2\x80\x83" "c") == "a b c");  // U+3000, U+2003
+        CHECK(clean_prompt_text("a&nbsp;&nbsp;b") == "a b");  // U+00A0 is whitespace
+        CHECK(clean_prompt_text("a\xE3\x80\x80"
+                                "b\xE2\x80\x83"
+                                "c") == "a b c");  // U+3000, U+2003
         CHECK(clean_prompt_text("AT&T & more &unknown; &#;") == "AT&T & more &unknown; &#;");
         CHECK(clean_prompt_text("\xE2\x80\x94 dash &mdash;") == "\xE2\x80\x94 dash \xE2\x80\x94");
         CHECK(clean_prompt_text("") == "");
@@ -105,7 +113,8 @@ TEST_SUITE("tokenizer") {
             CHECK(tok.decode(enc.ids[0]) == s);  // pad and EOS decode to nothing
         }
         // New sentences from the same vocabulary of words also round-trip.
-        for (const auto& s : make_corpus(20, 99)) CHECK(tok.decode(tok.encode_pieces(s)) == s);
+        for (const auto& s : make_corpus(20, 99))
+            CHECK(tok.decode(tok.encode_pieces(s)) == s);
     }
 
     TEST_CASE("EOS, padding, mask and truncation follow the HF call conventions") {
@@ -120,17 +129,21 @@ TEST_SUITE("tokenizer") {
         CHECK((enc.ids.scalar_type() == torch::kInt64));
         CHECK((enc.mask.scalar_type() == torch::kInt64));
         const auto ids = row(enc.ids), mask = row(enc.mask);
-        for (int64_t k = 0; k < n; ++k) CHECK(ids[k] == pieces[k]);
+        for (int64_t k = 0; k < n; ++k)
+            CHECK(ids[k] == pieces[k]);
         CHECK(ids[n] == Tokenizer::kEosId);
-        for (int64_t k = n + 1; k < 32; ++k) CHECK(ids[k] == Tokenizer::kPadId);
-        for (int64_t k = 0; k < 32; ++k) CHECK(mask[k] == (k <= n ? 1 : 0));
+        for (int64_t k = n + 1; k < 32; ++k)
+            CHECK(ids[k] == Tokenizer::kPadId);
+        for (int64_t k = 0; k < 32; ++k)
+            CHECK(mask[k] == (k <= n ? 1 : 0));
         CHECK(enc.mask.sum().item<int64_t>() == n + 1);
 
         // Truncation keeps EOS within max_len.
         const int64_t max_len = n - 1;
         const auto cut = tok.encode(text, max_len);
         const auto cut_ids = row(cut.ids);
-        for (int64_t k = 0; k < max_len - 1; ++k) CHECK(cut_ids[k] == pieces[k]);
+        for (int64_t k = 0; k < max_len - 1; ++k)
+            CHECK(cut_ids[k] == pieces[k]);
         CHECK(cut_ids[max_len - 1] == Tokenizer::kEosId);
         CHECK(cut.mask.sum().item<int64_t>() == max_len);
         // Exactly fitting: n pieces + EOS in n + 1.
@@ -144,10 +157,12 @@ TEST_SUITE("tokenizer") {
         CHECK_THROWS_AS(tok.encode(text, 0), TokenizerError);
 
         // Cleaning happens before tokenizing.
-        CHECK(torch::equal(tok.encode("  A red  fox\twalks along the river at&nbsp;sunset. ", 32).ids, enc.ids));
+        CHECK(torch::equal(tok.encode("  A red  fox\twalks along the river at&nbsp;sunset. ", 32).ids,
+                           enc.ids));
 
         // A batch pads every row to max_len.
-        const auto batch = tok.encode(std::vector<std::string>{text, "", "Two children paint the castle."}, 24);
+        const auto batch =
+            tok.encode(std::vector<std::string>{text, "", "Two children paint the castle."}, 24);
         CHECK((batch.ids.sizes() == torch::IntArrayRef({3, 24})));
         CHECK(torch::equal(batch.ids[0], tok.encode(text, 24).ids[0]));
         CHECK(batch.mask[1].sum().item<int64_t>() == 1);
@@ -160,7 +175,8 @@ TEST_SUITE("tokenizer") {
         train_tokenizer(t.dir.file("corpus.txt"), dir.file("again"), 300);
         Tokenizer a(t.model), b(dir.file("again.model"));
         CHECK(a.vocab_size() == b.vocab_size());
-        for (const auto& s : make_corpus(10, 5)) CHECK(a.encode_pieces(s) == b.encode_pieces(s));
+        for (const auto& s : make_corpus(10, 5))
+            CHECK(a.encode_pieces(s) == b.encode_pieces(s));
         Tokenizer c = std::move(a);
         CHECK(c.decode(c.encode_pieces("A grey cat.")) == "A grey cat.");
     }
@@ -174,7 +190,8 @@ TEST_SUITE("tokenizer") {
         {
             std::ofstream out(garbage, std::ios::binary);
             std::mt19937 rng(3);
-            for (int i = 0; i < 4096; ++i) out.put(static_cast<char>(rng() & 0xFF));
+            for (int i = 0; i < 4096; ++i)
+                out.put(static_cast<char>(rng() & 0xFF));
         }
         CHECK_THROWS_WITH_AS(Tokenizer{garbage}, doctest::Contains(garbage.c_str()), TokenizerError);
 

@@ -1,5 +1,5 @@
-// umT5 encoder against the official T5Encoder's golden vectors (golden/wan/README.md, t5_tiny), plus the spec's
-// bucket examples, other configurations, batching, bf16 and the HF name map.
+// umT5 encoder against the official T5Encoder's golden vectors (golden/wan/README.md, t5_tiny), plus the
+// spec's bucket examples, other configurations, batching, bf16 and the HF name map.
 #include "model/umt5.h"
 #include "tests/test_support.h"
 
@@ -34,9 +34,11 @@ TEST_SUITE("umt5") {
     TEST_CASE("parameter names and shapes equal the official state_dict; strict load works") {
         UMT5Encoder model(golden_config());
         std::map<std::string, std::vector<int64_t>> ours, theirs;
-        for (const auto& [name, t] : module_tensors(*model)) ours[name] = t.sizes().vec();
+        for (const auto& [name, t] : module_tensors(*model))
+            ours[name] = t.sizes().vec();
         for (const auto& name : golden().names())
-            if (name.rfind("weights.", 0) == 0) theirs[name.substr(8)] = golden().info(name).shape;
+            if (name.rfind("weights.", 0) == 0)
+                theirs[name.substr(8)] = golden().info(name).shape;
         CHECK((ours == theirs));
         CHECK(ours.size() == 22);  // embedding + 2 blocks x 10 + final norm
         CHECK_NOTHROW(load_module(*model, golden(), LoadOptions{.prefix = "weights."}));
@@ -55,11 +57,12 @@ TEST_SUITE("umt5") {
         const auto expect = golden().get("outputs.hidden");
         const double d_hidden = test::max_abs_diff(hidden, expect);
         const double d_block0 = test::max_abs_diff(blocks.at(0), golden().get("checks.block0_out"));
-        const double d_bias = test::max_abs_diff(model->position_bias(0, 12), golden().get("checks.pos_bias_block0"));
-        MESSAGE("umt5 max abs diff: hidden " << d_hidden << " (row0 "
-                                             << test::max_abs_diff(hidden[0], expect[0]) << ", row1 "
-                                             << test::max_abs_diff(hidden[1], expect[1]) << "), block0_out "
-                                             << d_block0 << ", pos_bias_block0 " << d_bias);
+        const double d_bias =
+            test::max_abs_diff(model->position_bias(0, 12), golden().get("checks.pos_bias_block0"));
+        MESSAGE("umt5 max abs diff: hidden "
+                << d_hidden << " (row0 " << test::max_abs_diff(hidden[0], expect[0]) << ", row1 "
+                << test::max_abs_diff(hidden[1], expect[1]) << "), block0_out " << d_block0
+                << ", pos_bias_block0 " << d_bias);
         CHECK_CLOSE(hidden, expect, 1e-5);
         CHECK_CLOSE(blocks.at(0), golden().get("checks.block0_out"), 1e-5);
         CHECK_CLOSE(model->position_bias(0, 12), golden().get("checks.pos_bias_block0"), 0.0);
@@ -77,8 +80,8 @@ TEST_SUITE("umt5") {
         CHECK(torch::equal(rel->buckets(12, 12), golden().get("checks.rel_buckets_12")));
         CHECK(torch::equal(relative_position_bucket(golden().get("checks.rel_range"), 32, true, 128),
                            golden().get("checks.rel_buckets_range")));
-        const std::vector<std::pair<int64_t, int64_t>> examples = {{1, 17},  {8, 24},   {12, 25}, {16, 26},
-                                                                   {32, 28}, {64, 30},  {127, 31}, {-1, 1},
+        const std::vector<std::pair<int64_t, int64_t>> examples = {{1, 17},  {8, 24},   {12, 25},   {16, 26},
+                                                                   {32, 28}, {64, 30},  {127, 31},  {-1, 1},
                                                                    {-9, 8},  {-50, 13}, {-128, 15}, {0, 0}};
         for (auto [r, b] : examples) {
             CAPTURE(r);
@@ -121,11 +124,13 @@ TEST_SUITE("umt5") {
         c.shared_pos = true;
         UMT5Encoder model(c);
         std::set<std::string> names;
-        for (const auto& [name, t] : module_tensors(*model)) names.insert(name);
+        for (const auto& [name, t] : module_tensors(*model))
+            names.insert(name);
         CHECK(names.count("pos_embedding.embedding.weight") == 1);
         CHECK(names.count("blocks.0.pos_embedding.embedding.weight") == 0);
         CHECK((model->pos_embedding->embedding->weight.sizes() == torch::IntArrayRef({16, 6})));
-        CHECK((model->blocks->ptr<T5EncoderBlockImpl>(2)->attn->q->weight.sizes() == torch::IntArrayRef({96, 48})));
+        CHECK((model->blocks->ptr<T5EncoderBlockImpl>(2)->attn->q->weight.sizes() ==
+               torch::IntArrayRef({96, 48})));
 
         const auto ids = torch::randint(2, 100, {3, 9}, torch::kInt64);
         auto mask = torch::ones({3, 9}, torch::kInt64);
@@ -160,7 +165,8 @@ TEST_SUITE("umt5") {
         CHECK(block->attn->q->weight.std().item<double>() == doctest::Approx(1.0 / 256).epsilon(0.03));
         CHECK(block->attn->k->weight.std().item<double>() == doctest::Approx(1.0 / 16).epsilon(0.03));
         CHECK(block->attn->o->weight.std().item<double>() == doctest::Approx(1.0 / 32).epsilon(0.03));
-        CHECK(block->ffn->fc2->weight.std().item<double>() == doctest::Approx(std::pow(512.0, -0.5)).epsilon(0.03));
+        CHECK(block->ffn->fc2->weight.std().item<double>() ==
+              doctest::Approx(std::pow(512.0, -0.5)).epsilon(0.03));
         CHECK(model->token_embedding->weight.std().item<double>() == doctest::Approx(1.0).epsilon(0.03));
         CHECK(torch::equal(block->norm1->weight, torch::ones({256})));
         CHECK(torch::equal(model->norm->weight, torch::ones({256})));
@@ -170,22 +176,30 @@ TEST_SUITE("umt5") {
         CHECK(umt5_hf_to_official_name("shared.weight") == "token_embedding.weight");
         CHECK(umt5_hf_to_official_name("encoder.embed_tokens.weight") == "token_embedding.weight");
         CHECK(umt5_hf_to_official_name("encoder.final_layer_norm.weight") == "norm.weight");
-        CHECK(umt5_hf_to_official_name("encoder.block.3.layer.0.SelfAttention.k.weight") == "blocks.3.attn.k.weight");
-        CHECK(umt5_hf_to_official_name("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight") ==
+        CHECK(umt5_hf_to_official_name("encoder.block.3.layer.0.SelfAttention.k.weight") ==
+              "blocks.3.attn.k.weight");
+        CHECK(umt5_hf_to_official_name(
+                  "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight") ==
               "blocks.0.pos_embedding.embedding.weight");
-        CHECK(umt5_hf_to_official_name("encoder.block.12.layer.0.layer_norm.weight") == "blocks.12.norm1.weight");
+        CHECK(umt5_hf_to_official_name("encoder.block.12.layer.0.layer_norm.weight") ==
+              "blocks.12.norm1.weight");
         CHECK(umt5_hf_to_official_name("encoder.block.1.layer.1.DenseReluDense.wi_0.weight") ==
               "blocks.1.ffn.gate.0.weight");
-        CHECK(umt5_hf_to_official_name("encoder.block.1.layer.1.DenseReluDense.wi_1.weight") == "blocks.1.ffn.fc1.weight");
-        CHECK(umt5_hf_to_official_name("encoder.block.1.layer.1.DenseReluDense.wo.weight") == "blocks.1.ffn.fc2.weight");
-        CHECK(umt5_hf_to_official_name("encoder.block.1.layer.1.layer_norm.weight") == "blocks.1.norm2.weight");
+        CHECK(umt5_hf_to_official_name("encoder.block.1.layer.1.DenseReluDense.wi_1.weight") ==
+              "blocks.1.ffn.fc1.weight");
+        CHECK(umt5_hf_to_official_name("encoder.block.1.layer.1.DenseReluDense.wo.weight") ==
+              "blocks.1.ffn.fc2.weight");
+        CHECK(umt5_hf_to_official_name("encoder.block.1.layer.1.layer_norm.weight") ==
+              "blocks.1.norm2.weight");
         CHECK(umt5_hf_to_official_name("lm_head.weight") == "lm_head.weight");
 
-        // Write the golden weights under HF names (embedding stored twice, as HF does), load, compare outputs.
+        // Write the golden weights under HF names (embedding stored twice, as HF does), load, compare
+        // outputs.
         torch::NoGradGuard no_grad;
         std::vector<std::pair<std::string, torch::Tensor>> hf;
         for (const auto& name : golden().names()) {
-            if (name.rfind("weights.", 0) != 0) continue;
+            if (name.rfind("weights.", 0) != 0)
+                continue;
             std::string n = name.substr(8);
             const auto t = golden().get(name);
             std::smatch m;
