@@ -279,6 +279,10 @@ std::string spm_library_path() {
 // ------------------------------------------------------------------------------------------------- Tokenizer
 
 Tokenizer::Tokenizer(const std::string& model_path) : path_(model_path) {
+    if (model_path == kByteModel) {
+        bytes_ = true;
+        return;
+    }
     std::error_code ec;
     if (!fs::is_regular_file(model_path, ec))
         throw TokenizerError("tokenizer model " + model_path + " does not exist or is not a file");
@@ -306,8 +310,10 @@ Tokenizer::~Tokenizer() {
         spm().free(handle_);
 }
 
-Tokenizer::Tokenizer(Tokenizer&& other) noexcept : path_(std::move(other.path_)), handle_(other.handle_) {
+Tokenizer::Tokenizer(Tokenizer&& other) noexcept
+    : path_(std::move(other.path_)), handle_(other.handle_), bytes_(other.bytes_) {
     other.handle_ = nullptr;
+    other.bytes_ = false;
 }
 
 Tokenizer& Tokenizer::operator=(Tokenizer&& other) noexcept {
@@ -316,12 +322,20 @@ Tokenizer& Tokenizer::operator=(Tokenizer&& other) noexcept {
             spm().free(handle_);
         path_ = std::move(other.path_);
         handle_ = other.handle_;
+        bytes_ = other.bytes_;
         other.handle_ = nullptr;
+        other.bytes_ = false;
     }
     return *this;
 }
 
 std::vector<int64_t> Tokenizer::encode_pieces(const std::string& text) const {
+    if (bytes_) {
+        std::vector<int64_t> ids;
+        ids.reserve(text.size());
+        for (unsigned char c : text) ids.push_back(static_cast<int64_t>(c) + 3);
+        return ids;
+    }
     TORCH_CHECK(handle_, "tokenizer: used after being moved from");
     const SpmApi& api = spm();
     std::vector<int32_t> ids(text.size() + 16);
@@ -365,6 +379,17 @@ TokenizedText Tokenizer::encode(const std::string& text, int64_t max_len) const 
 }
 
 std::string Tokenizer::decode(const std::vector<int64_t>& ids) const {
+    if (bytes_) {
+        std::string text;
+        for (int64_t id : ids) {
+            if (id < 0 || id >= kByteVocab)
+                throw TokenizerError("byte tokenizer: id " + std::to_string(id) + " is outside the vocabulary (" +
+                                     std::to_string(kByteVocab) + ")");
+            if (id == kUnkId) text += '?';
+            if (id >= 3) text += static_cast<char>(id - 3);
+        }
+        return text;
+    }
     TORCH_CHECK(handle_, "tokenizer: used after being moved from");
     const SpmApi& api = spm();
     const int64_t vocab = vocab_size();
@@ -407,11 +432,17 @@ std::string Tokenizer::decode(const torch::Tensor& ids, const torch::Tensor& mas
 }
 
 int64_t Tokenizer::vocab_size() const {
+    if (bytes_) return kByteVocab;
     TORCH_CHECK(handle_, "tokenizer: used after being moved from");
     return spm().vocab_size(handle_);
 }
 
 int64_t Tokenizer::piece_to_id(const std::string& piece) const {
+    if (bytes_) {
+        if (piece == "<pad>") return kPadId;
+        if (piece == "</s>") return kEosId;
+        return piece.size() == 1 ? static_cast<unsigned char>(piece[0]) + 3 : kUnkId;
+    }
     TORCH_CHECK(handle_, "tokenizer: used after being moved from");
     return spm().piece_to_id(handle_, piece.c_str());
 }

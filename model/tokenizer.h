@@ -42,7 +42,12 @@ public:
     static constexpr int64_t kUnkId = 2;
 
     // Loads a SentencePiece .model file; throws TokenizerError naming the file when it cannot.
+    // The name "byte" instead selects byte-level tokenization (ByT5's scheme: id = UTF-8 byte + 3, same pad/EOS/unk
+    // ids, vocabulary 259), which needs no trained model: untrained configurations use it.
     explicit Tokenizer(const std::string& model_path);
+    static constexpr const char* kByteModel = "byte";
+    static constexpr int64_t kByteVocab = 259;
+    bool is_byte_level() const { return bytes_; }
     ~Tokenizer();
     Tokenizer(const Tokenizer&) = delete;
     Tokenizer& operator=(const Tokenizer&) = delete;
@@ -67,6 +72,7 @@ public:
 private:
     std::string path_;
     void* handle_ = nullptr;
+    bool bytes_ = false;
 };
 
 struct TokenizerTrainOptions {

@@ -222,4 +222,19 @@ TEST_SUITE("tokenizer") {
             ::unsetenv("MEMOREEL_SPM_LIBRARY");
         CHECK(spm_library_path().find("libmemoreel_spm.so") != std::string::npos);
     }
+
+    TEST_CASE("byte-level mode: ByT5's ids, T5's special tokens, round trip") {
+        Tokenizer tok(Tokenizer::kByteModel);
+        CHECK(tok.is_byte_level());
+        CHECK(tok.vocab_size() == 259);
+        CHECK(tok.encode_pieces("Az") == std::vector<int64_t>{'A' + 3, 'z' + 3});
+        const auto t = tok.encode("  a  red\tfox ", 8);
+        // Cleaned to "a red fox" (9 bytes), truncated to 7 pieces + EOS.
+        CHECK(t.ids[0][6].item<int64_t>() == 'f' + 3);
+        CHECK(t.ids[0][7].item<int64_t>() == Tokenizer::kEosId);
+        CHECK(t.mask.sum().item<int64_t>() == 8);
+        CHECK(tok.decode(tok.encode("héllo wörld", 32).ids[0]) == "héllo wörld");
+        CHECK(tok.piece_to_id("</s>") == Tokenizer::kEosId);
+        CHECK_THROWS_AS(tok.decode(std::vector<int64_t>{300}), TokenizerError);
+    }
 }
