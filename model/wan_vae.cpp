@@ -1,6 +1,7 @@
 #include "model/wan_vae.h"
 
 #include <algorithm>
+#include <cmath>
 
 namespace memoreel {
 
@@ -14,15 +15,18 @@ CausalConv3d make_conv3(int64_t in, int64_t out, const torch::TensorOptions& opt
     return CausalConv3d(in, out, K3{3, 3, 3}, K3{1, 1, 1}, K3{1, 1, 1}, options);
 }
 
-void register_list(torch::nn::Module& parent, const std::string& name,
+void register_list(torch::nn::Module& parent,
+                   const std::string& name,
                    const std::vector<std::shared_ptr<VaeLayer>>& layers) {
     auto holder = parent.register_module(name, make_holder());
-    for (size_t i = 0; i < layers.size(); ++i) holder->register_module(std::to_string(i), layers[i]);
+    for (size_t i = 0; i < layers.size(); ++i)
+        holder->register_module(std::to_string(i), layers[i]);
 }
 
 size_t count_slots(const std::vector<std::shared_ptr<VaeLayer>>& layers) {
     size_t n = 0;
-    for (const auto& l : layers) n += l->cache_slots();
+    for (const auto& l : layers)
+        n += l->cache_slots();
     return n;
 }
 
@@ -32,7 +36,8 @@ bool contains(const std::vector<double>& values, double v) {
 
 // Middle blocks (Res, Attn, Res) and the head (RMS_norm, SiLU, conv), shared by encoder and decoder.
 std::vector<std::shared_ptr<VaeLayer>> make_middle(int64_t dim, const torch::TensorOptions& options) {
-    return {std::make_shared<ResidualBlockImpl>(dim, dim, options), std::make_shared<AttentionBlockImpl>(dim, options),
+    return {std::make_shared<ResidualBlockImpl>(dim, dim, options),
+            std::make_shared<AttentionBlockImpl>(dim, options),
             std::make_shared<ResidualBlockImpl>(dim, dim, options)};
 }
 
@@ -48,7 +53,8 @@ Encoder3dImpl::Encoder3dImpl(const WanVAEConfig& config, const torch::TensorOpti
     const bool v22 = config.is_v22();
     const int64_t n = static_cast<int64_t>(config.dim_mult.size());
     std::vector<int64_t> dims{config.dim};
-    for (auto m : config.dim_mult) dims.push_back(config.dim * m);
+    for (auto m : config.dim_mult)
+        dims.push_back(config.dim * m);
     const int64_t in_channels = 3 * config.patch() * config.patch();
     const auto temporal = [&](int64_t i) {
         return i < static_cast<int64_t>(config.temperal_downsample.size()) && config.temperal_downsample[i];
@@ -91,8 +97,10 @@ size_t Encoder3dImpl::cache_slots() const {
 
 torch::Tensor Encoder3dImpl::forward(const torch::Tensor& x, CacheCursor& cursor) {
     auto h = conv1->forward_cached(x, cursor);
-    for (auto& layer : downsamples) h = layer->forward(h, cursor);
-    for (auto& layer : middle) h = layer->forward(h, cursor);
+    for (auto& layer : downsamples)
+        h = layer->forward(h, cursor);
+    for (auto& layer : middle)
+        h = layer->forward(h, cursor);
     return head_conv->forward_cached(head_norm->forward(h, true), cursor);
 }
 
@@ -101,15 +109,18 @@ Decoder3dImpl::Decoder3dImpl(const WanVAEConfig& config, const torch::TensorOpti
     const int64_t n = static_cast<int64_t>(config.dim_mult.size());
     // Widths dec_dim * [mult[-1], reversed mult...]; temporal upsampling is temperal_downsample reversed.
     std::vector<int64_t> dims{config.dec_dim * config.dim_mult.back()};
-    for (int64_t i = n - 1; i >= 0; --i) dims.push_back(config.dec_dim * config.dim_mult[i]);
+    for (int64_t i = n - 1; i >= 0; --i)
+        dims.push_back(config.dec_dim * config.dim_mult[i]);
     std::vector<bool> temporal_up(config.temperal_downsample.rbegin(), config.temperal_downsample.rend());
-    const auto temporal = [&](int64_t i) { return i < static_cast<int64_t>(temporal_up.size()) && temporal_up[i]; };
+    const auto temporal = [&](int64_t i) {
+        return i < static_cast<int64_t>(temporal_up.size()) && temporal_up[i];
+    };
     const int64_t out_channels = 3 * config.patch() * config.patch();
 
     conv1 = register_module("conv1", make_conv3(config.z_dim, dims[0], options));
     middle = make_middle(dims[0], options);
     register_list(*this, "middle", middle);
-    double scale = 1.0 / static_cast<double>(int64_t(1) << std::max<int64_t>(n - 2, 0));
+    double scale = 1.0 / std::pow(2.0, static_cast<double>(n - 2));
     for (int64_t i = 0; i < n; ++i) {
         int64_t in = dims[i];
         const int64_t out = dims[i + 1];
@@ -119,9 +130,10 @@ Decoder3dImpl::Decoder3dImpl(const WanVAEConfig& config, const torch::TensorOpti
                                                                       temporal(i), up, options));
             continue;
         }
-        // 2.1: the upsample convs halve the width, so every level after an upsampling one starts at half width
-        // (the official code writes this as `if i in (1, 2, 3)` for its 4 levels).
-        if (i > 0) in /= 2;
+        // 2.1: the upsample convs halve the width, so every level after an upsampling one starts at half
+        // width (the official code writes this as `if i in (1, 2, 3)` for its 4 levels).
+        if (i > 0)
+            in /= 2;
         for (int64_t r = 0; r < config.num_res_blocks + 1; ++r) {
             upsamples.push_back(std::make_shared<ResidualBlockImpl>(in, out, options));
             if (contains(config.attn_scales, scale))
@@ -146,8 +158,10 @@ size_t Decoder3dImpl::cache_slots() const {
 
 torch::Tensor Decoder3dImpl::forward(const torch::Tensor& x, CacheCursor& cursor) {
     auto h = conv1->forward_cached(x, cursor);
-    for (auto& layer : middle) h = layer->forward(h, cursor);
-    for (auto& layer : upsamples) h = layer->forward(h, cursor);
+    for (auto& layer : middle)
+        h = layer->forward(h, cursor);
+    for (auto& layer : upsamples)
+        h = layer->forward(h, cursor);
     return head_conv->forward_cached(head_norm->forward(h, true), cursor);
 }
 
@@ -176,28 +190,35 @@ void VaeCodingState::reset() {
 int64_t VaeCodingState::bytes() const {
     int64_t n = 0;
     for (const auto& t : cache_.feats)
-        if (t.defined()) n += t.numel() * static_cast<int64_t>(t.element_size());
+        if (t.defined())
+            n += t.numel() * static_cast<int64_t>(t.element_size());
     return n;
 }
 
 VaeStateSnapshot VaeCodingState::snapshot() const {
     VaeStateSnapshot s;
-    s.counters = {{"kind", kind_},         {"format", kSnapshotFormat},
+    s.counters = {{"kind", kind_},
+                  {"format", kSnapshotFormat},
                   {"slots", static_cast<int64_t>(cache_.size())},
-                  {"frames_in", frames_in_}, {"frames_out", frames_out_},
-                  {"batch", batch_},       {"height", height_},
+                  {"frames_in", frames_in_},
+                  {"frames_out", frames_out_},
+                  {"batch", batch_},
+                  {"height", height_},
                   {"width", width_}};
     for (size_t i = 0; i < cache_.size(); ++i) {
-        if (cache_.feats[i].defined()) s.tensors.emplace_back("feat." + std::to_string(i), cache_.feats[i]);
-        if (cache_.rep[i]) s.counters["rep." + std::to_string(i)] = 1;
+        if (cache_.feats[i].defined())
+            s.tensors.emplace_back("feat." + std::to_string(i), cache_.feats[i]);
+        if (cache_.rep[i])
+            s.counters["rep." + std::to_string(i)] = 1;
     }
     return s;
 }
 
 void VaeCodingState::restore_snapshot(const VaeStateSnapshot& s) {
-    TORCH_CHECK(counter(s, "format") == kSnapshotFormat, "VAE state snapshot: unknown format ", counter(s, "format"));
-    TORCH_CHECK(counter(s, "kind") == kind_, "VAE state snapshot: kind ", counter(s, "kind"), " where ", kind_,
-                " (1 encoder, 2 decoder) was expected");
+    TORCH_CHECK(counter(s, "format") == kSnapshotFormat, "VAE state snapshot: unknown format ",
+                counter(s, "format"));
+    TORCH_CHECK(counter(s, "kind") == kind_, "VAE state snapshot: kind ", counter(s, "kind"), " where ",
+                kind_, " (1 encoder, 2 decoder) was expected");
     const int64_t slots = counter(s, "slots");
     TORCH_CHECK(slots >= 0 && slots < 100000, "VAE state snapshot: bad slot count ", slots);
     reset();
@@ -207,11 +228,13 @@ void VaeCodingState::restore_snapshot(const VaeStateSnapshot& s) {
         TORCH_CHECK(name.rfind("feat.", 0) == 0, "VAE state snapshot: unexpected tensor '", name, "'");
         const int64_t i = std::stoll(name.substr(5));
         TORCH_CHECK(i >= 0 && i < slots, "VAE state snapshot: tensor '", name, "' beyond ", slots, " slots");
-        TORCH_CHECK(tensor.defined() && tensor.dim() == 5, "VAE state snapshot: tensor '", name, "' is not 5-D");
+        TORCH_CHECK(tensor.defined() && tensor.dim() == 5, "VAE state snapshot: tensor '", name,
+                    "' is not 5-D");
         cache_.feats[static_cast<size_t>(i)] = tensor;
     }
     for (const auto& [name, value] : s.counters) {
-        if (name.rfind("rep.", 0) != 0) continue;
+        if (name.rfind("rep.", 0) != 0)
+            continue;
         const int64_t i = std::stoll(name.substr(4));
         TORCH_CHECK(i >= 0 && i < slots, "VAE state snapshot: counter '", name, "' beyond ", slots, " slots");
         cache_.rep[static_cast<size_t>(i)] = value != 0 ? 1 : 0;
@@ -240,13 +263,14 @@ VaeDecoderState VaeDecoderState::restore(const VaeStateSnapshot& snapshot) {
 WanVAEImpl::WanVAEImpl(const WanVAEConfig& config, const torch::TensorOptions& options) : config_(config) {
     config_.validate("WanVAE");
     encoder = register_module("encoder", wan_vae::Encoder3d(config_, options));
-    conv1 = register_module("conv1", wan_vae::CausalConv3d(config_.z_dim * 2, config_.z_dim * 2,
-                                                           std::array<int64_t, 3>{1, 1, 1},
-                                                           std::array<int64_t, 3>{1, 1, 1},
-                                                           std::array<int64_t, 3>{0, 0, 0}, options));
-    conv2 = register_module("conv2", wan_vae::CausalConv3d(config_.z_dim, config_.z_dim, std::array<int64_t, 3>{1, 1, 1},
-                                                           std::array<int64_t, 3>{1, 1, 1},
-                                                           std::array<int64_t, 3>{0, 0, 0}, options));
+    conv1 = register_module(
+        "conv1",
+        wan_vae::CausalConv3d(config_.z_dim * 2, config_.z_dim * 2, std::array<int64_t, 3>{1, 1, 1},
+                              std::array<int64_t, 3>{1, 1, 1}, std::array<int64_t, 3>{0, 0, 0}, options));
+    conv2 = register_module(
+        "conv2",
+        wan_vae::CausalConv3d(config_.z_dim, config_.z_dim, std::array<int64_t, 3>{1, 1, 1},
+                              std::array<int64_t, 3>{1, 1, 1}, std::array<int64_t, 3>{0, 0, 0}, options));
     decoder = register_module("decoder", wan_vae::Decoder3d(config_, options));
     encoder_slots_ = encoder->cache_slots();
     decoder_slots_ = decoder->cache_slots();
@@ -264,15 +288,19 @@ WanVAEImpl::WanVAEImpl(const WanVAEConfig& config, const torch::TensorOptions& o
 void WanVAEImpl::init_weights() {
     torch::NoGradGuard no_grad;
     for (auto& m : modules(/*include_self=*/false)) {
-        if (auto* c = m->as<wan_vae::CausalConv3dImpl>()) c->reset_parameters();
-        if (auto* c = m->as<wan_vae::Conv2dImpl>()) c->reset_parameters();
+        if (auto* c = m->as<wan_vae::CausalConv3dImpl>())
+            c->reset_parameters();
+        if (auto* c = m->as<wan_vae::Conv2dImpl>())
+            c->reset_parameters();
         if (auto* n = m->as<wan_vae::RMSNormImpl>()) {
-            if (!n->gamma.is_meta()) n->gamma.fill_(1.0);
+            if (!n->gamma.is_meta())
+                n->gamma.fill_(1.0);
         }
     }
     for (auto& m : modules(false)) {
         if (auto* a = m->as<wan_vae::AttentionBlockImpl>()) {
-            if (!a->proj->weight.is_meta()) a->proj->weight.zero_();
+            if (!a->proj->weight.is_meta())
+                a->proj->weight.zero_();
         }
     }
 }
@@ -293,14 +321,17 @@ torch::Tensor WanVAEImpl::denormalize(const torch::Tensor& z) const {
 }
 
 void WanVAEImpl::check_video(const VaeCodingState& state, const torch::Tensor& video) const {
-    TORCH_CHECK(video.dim() == 5 && video.size(1) == 3, "WanVAE: video must be [B, 3, T, H, W], got ", video.sizes());
+    TORCH_CHECK(video.dim() == 5 && video.size(1) == 3, "WanVAE: video must be [B, 3, T, H, W], got ",
+                video.sizes());
     const int64_t f = config_.spatial_factor();
-    TORCH_CHECK(video.size(3) % f == 0 && video.size(4) % f == 0, "WanVAE: height and width must be multiples of ",
-                f, ", got ", video.size(3), "x", video.size(4));
+    TORCH_CHECK(video.size(3) % f == 0 && video.size(4) % f == 0,
+                "WanVAE: height and width must be multiples of ", f, ", got ", video.size(3), "x",
+                video.size(4));
     if (state.started()) {
-        TORCH_CHECK(video.size(0) == state.batch_ && video.size(3) == state.height_ && video.size(4) == state.width_,
-                    "WanVAE: this stream is ", state.batch_, " x ", state.height_, "x", state.width_, ", got ",
-                    video.sizes());
+        TORCH_CHECK(
+            video.size(0) == state.batch_ && video.size(3) == state.height_ && video.size(4) == state.width_,
+            "WanVAE: this stream is ", state.batch_, " x ", state.height_, "x", state.width_, ", got ",
+            video.sizes());
     }
 }
 
@@ -308,7 +339,8 @@ VaeEncoding WanVAEImpl::encode_chunk(VaeEncoderState& state, const torch::Tensor
     check_video(state, video);
     const int64_t t = video.size(2);
     if (!state.started()) {
-        TORCH_CHECK(t >= 1 && (t - 1) % 4 == 0, "WanVAE: the first piece of a stream must have 1+4k frames, got ", t);
+        TORCH_CHECK(t >= 1 && (t - 1) % 4 == 0,
+                    "WanVAE: the first piece of a stream must have 1+4k frames, got ", t);
         TORCH_CHECK(state.cache_.empty(), "WanVAE: encoder state has a cache but no frames");
     } else {
         TORCH_CHECK(t >= 4 && t % 4 == 0, "WanVAE: pieces after the first must have 4k frames, got ", t);
@@ -317,7 +349,8 @@ VaeEncoding WanVAEImpl::encode_chunk(VaeEncoderState& state, const torch::Tensor
     }
     const auto x = wan_vae::patchify(video.to(torch::kFloat), config_.patch());
 
-    // Official chunks: [0] alone at the start of the clip, then 4 frames each; chunks_per_pass_ of them per pass.
+    // Official chunks: [0] alone at the start of the clip, then 4 frames each; chunks_per_pass_ of them per
+    // pass.
     std::vector<torch::Tensor> outs;
     int64_t start = 0;
     while (start < t) {
@@ -326,8 +359,8 @@ VaeEncoding WanVAEImpl::encode_chunk(VaeEncoderState& state, const torch::Tensor
             len += (state.frames_in_ == 0 && start + len == 0) ? 1 : 4;
         wan_vae::CacheCursor cursor(state.cache_, false);
         outs.push_back(encoder->forward(x.narrow(2, start, len), cursor));
-        TORCH_CHECK(cursor.used() == encoder_slots_, "WanVAE: encoder used ", cursor.used(), " cache slots, expected ",
-                    encoder_slots_);
+        TORCH_CHECK(cursor.used() == encoder_slots_, "WanVAE: encoder used ", cursor.used(),
+                    " cache slots, expected ", encoder_slots_);
         if (state.frames_in_ == 0) {
             state.batch_ = video.size(0);
             state.height_ = video.size(3);
@@ -363,9 +396,10 @@ torch::Tensor WanVAEImpl::decode_chunk(VaeDecoderState& state, const torch::Tens
                 config_.z_dim, ", T>=1, h, w], got ", z.sizes());
     const int64_t f = config_.spatial_factor();
     if (state.started()) {
-        TORCH_CHECK(z.size(0) == state.batch_ && z.size(3) * f == state.height_ && z.size(4) * f == state.width_,
-                    "WanVAE: this stream is ", state.batch_, " x ", state.height_ / f, "x", state.width_ / f,
-                    " latents, got ", z.sizes());
+        TORCH_CHECK(
+            z.size(0) == state.batch_ && z.size(3) * f == state.height_ && z.size(4) * f == state.width_,
+            "WanVAE: this stream is ", state.batch_, " x ", state.height_ / f, "x", state.width_ / f,
+            " latents, got ", z.sizes());
         TORCH_CHECK(state.cache_.size() == decoder_slots_, "WanVAE: decoder state has ", state.cache_.size(),
                     " cache slots where this model has ", decoder_slots_, " (a state of another model?)");
     } else {
@@ -378,8 +412,8 @@ torch::Tensor WanVAEImpl::decode_chunk(VaeDecoderState& state, const torch::Tens
         const int64_t len = std::min(chunks_per_pass_, t - start);
         wan_vae::CacheCursor cursor(state.cache_, state.frames_in_ == 0);
         outs.push_back(decoder->forward(x.narrow(2, start, len), cursor));
-        TORCH_CHECK(cursor.used() == decoder_slots_, "WanVAE: decoder used ", cursor.used(), " cache slots, expected ",
-                    decoder_slots_);
+        TORCH_CHECK(cursor.used() == decoder_slots_, "WanVAE: decoder used ", cursor.used(),
+                    " cache slots, expected ", decoder_slots_);
         if (state.frames_in_ == 0) {
             state.batch_ = z.size(0);
             state.height_ = z.size(3) * f;

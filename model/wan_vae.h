@@ -1,14 +1,15 @@
 // The Wan 2.1 and Wan 2.2 causal 3D VAEs (reference/wan22-spec.md section 4), one code base for both:
 //   2.1: 4x8x8 compression, 3 channels in and out, flat stage lists, upsample convs that halve the width;
-//   2.2: 4x16x16 compression through a pixel patchify (2x) before the encoder, Down/Up_ResidualBlock stages with
+//   2.2: 4x16x16 compression through a pixel patchify (2x) before the encoder, Down/Up_ResidualBlock stages
+//   with
 //        parameter-free AvgDown3D / DupUp3D shortcuts, full-width upsample convs, a separate decoder width.
 // named_parameters() equals the official state_dict names, so official weights load with load_module().
 //
-// Whole clips go through encode()/decode(), which reproduce the official wrapper (chunks [0], [1..4], [5..8] when
-// encoding, one latent frame at a time when decoding, normalised latents, decode clamped to [-1, 1]).
+// Whole clips go through encode()/decode(), which reproduce the official wrapper (chunks [0], [1..4], [5..8]
+// when encoding, one latent frame at a time when decoding, normalised latents, decode clamped to [-1, 1]).
 // Streaming goes through encode_chunk()/decode_chunk() with a caller-owned VaeEncoderState / VaeDecoderState
-// (the official feat_cache, held outside the module): a clip coded in pieces gives the same result as coded at
-// once. The module itself holds no per-clip state, so one VAE can serve any number of sessions.
+// (the official feat_cache, held outside the module): a clip coded in pieces gives the same result as coded
+// at once. The module itself holds no per-clip state, so one VAE can serve any number of sessions.
 #pragma once
 
 #include <torch/torch.h>
@@ -23,8 +24,9 @@
 
 namespace memoreel {
 
-// A coding state as named tensors plus integer counters, for session snapshots on disk. The tensors are shared
-// with the state (states never modify a cached tensor in place, they replace it), so taking a snapshot is cheap.
+// A coding state as named tensors plus integer counters, for session snapshots on disk. The tensors are
+// shared with the state (states never modify a cached tensor in place, they replace it), so taking a snapshot
+// is cheap.
 struct VaeStateSnapshot {
     std::vector<std::pair<std::string, torch::Tensor>> tensors;
     std::map<std::string, int64_t> counters;
@@ -33,7 +35,7 @@ struct VaeStateSnapshot {
 // The causal cache of one encoder or decoder stream. Plain values: copying a state forks the stream (the copy
 // and the original can be continued independently); a default-constructed state starts a new clip.
 class VaeCodingState {
-public:
+  public:
     bool started() const { return frames_in_ > 0; }
     // Frames consumed (pixel frames for the encoder, latent frames for the decoder) and produced so far.
     int64_t frames_in() const { return frames_in_; }
@@ -46,7 +48,7 @@ public:
     // "height", "width" and "rep.<slot>" (the official "Rep" marker of an upsample3d cache).
     VaeStateSnapshot snapshot() const;
 
-protected:
+  protected:
     explicit VaeCodingState(int64_t kind) : kind_(kind) {}
     void restore_snapshot(const VaeStateSnapshot& snapshot);
 
@@ -63,7 +65,7 @@ protected:
 
 // Encoder stream: feed 1+4k frames first, then 4k frames per call; each call yields its latent frames.
 class VaeEncoderState : public VaeCodingState {
-public:
+  public:
     VaeEncoderState() : VaeCodingState(kKind) {}
     // Throws c10::Error when the snapshot is not an encoder state or is malformed.
     static VaeEncoderState restore(const VaeStateSnapshot& snapshot);
@@ -72,7 +74,7 @@ public:
 
 // Decoder stream: feed any number of latent frames per call; latent frame 0 gives 1 frame, later ones 4 each.
 class VaeDecoderState : public VaeCodingState {
-public:
+  public:
     VaeDecoderState() : VaeCodingState(kKind) {}
     static VaeDecoderState restore(const VaeStateSnapshot& snapshot);
     static constexpr int64_t kKind = 2;
@@ -88,10 +90,10 @@ struct VaeEncoding {
 
 namespace wan_vae {
 
-// Encoder3d: conv1, downsamples (2.1: flat list of blocks; 2.2: Down_ResidualBlocks), middle (Res, Attn, Res),
-// head (RMS_norm, SiLU, CausalConv3d -> 2 z_dim).
+// Encoder3d: conv1, downsamples (2.1: flat list of blocks; 2.2: Down_ResidualBlocks), middle (Res, Attn,
+// Res), head (RMS_norm, SiLU, CausalConv3d -> 2 z_dim).
 class Encoder3dImpl : public torch::nn::Module {
-public:
+  public:
     Encoder3dImpl(const WanVAEConfig& config, const torch::TensorOptions& options = {});
     torch::Tensor forward(const torch::Tensor& x, CacheCursor& cursor);
     size_t cache_slots() const;
@@ -106,7 +108,7 @@ TORCH_MODULE(Encoder3d);
 
 // Decoder3d: conv1, middle, upsamples (2.1: flat list; 2.2: Up_ResidualBlocks), head -> 3 (2.1) or 12 (2.2).
 class Decoder3dImpl : public torch::nn::Module {
-public:
+  public:
     Decoder3dImpl(const WanVAEConfig& config, const torch::TensorOptions& options = {});
     torch::Tensor forward(const torch::Tensor& x, CacheCursor& cursor);
     size_t cache_slots() const;
@@ -122,20 +124,22 @@ TORCH_MODULE(Decoder3d);
 }  // namespace wan_vae
 
 class WanVAEImpl : public torch::nn::Module {
-public:
-    // options: dtype and device of the parameters (kMeta builds the structure without allocating, e.g. to count
-    // parameters). Parameters start with init_weights().
+  public:
+    // options: dtype and device of the parameters (kMeta builds the structure without allocating, e.g. to
+    // count parameters). Parameters start with init_weights().
     explicit WanVAEImpl(const WanVAEConfig& config, const torch::TensorOptions& options = {});
 
     const WanVAEConfig& config() const { return config_; }
 
-    // Training from scratch, as the official modules initialise: convolutions torch's default (kaiming-uniform
-    // a=sqrt(5), bias uniform +-1/sqrt(fan_in)), RMS_norm gammas 1, attention output projection weights 0.
+    // Training from scratch, as the official modules initialise: convolutions torch's default
+    // (kaiming-uniform a=sqrt(5), bias uniform +-1/sqrt(fan_in)), RMS_norm gammas 1, attention output
+    // projection weights 0.
     void init_weights();
 
     // ---- whole clips (the official wrapper) ----
-    // video [B, 3, T, H, W] in [-1, 1], H and W multiples of spatial_factor(). As the official code, frames after
-    // the last whole chunk (T-1 not a multiple of 4) are ignored. Returns normalised mu [B, z, 1+(T-1)/4, h, w].
+    // video [B, 3, T, H, W] in [-1, 1], H and W multiples of spatial_factor(). As the official code, frames
+    // after the last whole chunk (T-1 not a multiple of 4) are ignored. Returns normalised mu [B, z,
+    // 1+(T-1)/4, h, w].
     torch::Tensor encode(const torch::Tensor& video);
     VaeEncoding encode_all(const torch::Tensor& video);
     // z: normalised latents [B, z, T', h, w] -> video [B, 3, 1+4(T'-1), H, W], clamped to [-1, 1] when clamp.
@@ -152,7 +156,9 @@ public:
     torch::Tensor denormalize(const torch::Tensor& z) const;
 
     int64_t latent_frames(int64_t frames) const { return frames < 1 ? 0 : 1 + (frames - 1) / 4; }
-    int64_t video_frames(int64_t latent_frames) const { return latent_frames < 1 ? 0 : 1 + 4 * (latent_frames - 1); }
+    int64_t video_frames(int64_t latent_frames) const {
+        return latent_frames < 1 ? 0 : 1 + 4 * (latent_frames - 1);
+    }
     size_t encoder_cache_slots() const { return encoder_slots_; }
     size_t decoder_cache_slots() const { return decoder_slots_; }
 
@@ -167,7 +173,7 @@ public:
     wan_vae::CausalConv3d conv2{nullptr};  // z -> z, 1x1x1: applied to latents before the decoder
     wan_vae::Decoder3d decoder{nullptr};
 
-private:
+  private:
     void check_video(const VaeCodingState& state, const torch::Tensor& video) const;
 
     WanVAEConfig config_;

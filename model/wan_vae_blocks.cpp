@@ -34,31 +34,38 @@ torch::Tensor pointwise_conv(const torch::Tensor& x, const torch::Tensor& weight
     const auto xm = x.reshape({b, cin, -1});
     torch::Tensor y;
     if (b == 1) {
-        y = bias.defined() ? at::addmm(bias.view({cout, 1}), w, xm[0]).unsqueeze(0) : at::mm(w, xm[0]).unsqueeze(0);
+        y = bias.defined() ? at::addmm(bias.view({cout, 1}), w, xm[0]).unsqueeze(0)
+                           : at::mm(w, xm[0]).unsqueeze(0);
     } else {
         y = at::matmul(w, xm);
-        if (bias.defined()) y = y + bias.view({1, cout, 1});
+        if (bias.defined())
+            y = y + bias.view({1, cout, 1});
     }
     auto sizes = x.sizes().vec();
     sizes[1] = cout;
     return y.view(sizes);
 }
 
-torch::Tensor onednn_conv(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
-                          at::IntArrayRef stride, at::IntArrayRef padding) {
+torch::Tensor onednn_conv(const torch::Tensor& x,
+                          const torch::Tensor& weight,
+                          const torch::Tensor& bias,
+                          at::IntArrayRef stride,
+                          at::IntArrayRef padding) {
     const std::vector<int64_t> dilation(stride.size(), 1);
     return at::mkldnn_convolution(x.contiguous(), weight.contiguous(),
                                   bias.defined() ? c10::optional<torch::Tensor>(bias) : c10::nullopt, padding,
                                   stride, dilation, 1);
 }
 
-// One-time check that oneDNN's convolution is present, enabled and agrees with at::convolution on this machine.
+// One-time check that oneDNN's convolution is present, enabled and agrees with at::convolution on this
+// machine.
 struct FastConvSupport {
     bool fp32 = false;
     bool bf16 = false;
 
     FastConvSupport() {
-        if (!at::hasMKLDNN() || !at::globalContext().userEnabledMkldnn()) return;
+        if (!at::hasMKLDNN() || !at::globalContext().userEnabledMkldnn())
+            return;
         torch::NoGradGuard no_grad;
         auto gen = at::make_generator<at::CPUGeneratorImpl>(1234);
         const auto x = at::randn({1, 8, 4, 6, 10}, gen, torch::kFloat);
@@ -69,13 +76,15 @@ struct FastConvSupport {
             const auto got = onednn_conv(x, w, b, {1, 1, 1}, {0, 1, 1});
             const double diff = (got - ref).abs().max().item<double>();
             fp32 = got.sizes() == ref.sizes() && diff <= 1e-5;
-            if (!fp32) spdlog::warn("wan_vae: oneDNN fp32 convolution differs by {}; using at::convolution", diff);
+            if (!fp32)
+                spdlog::warn("wan_vae: oneDNN fp32 convolution differs by {}; using at::convolution", diff);
         } catch (const std::exception& e) {
-            spdlog::warn("wan_vae: oneDNN fp32 convolution unavailable ({}); using at::convolution", e.what());
+            spdlog::warn("wan_vae: oneDNN fp32 convolution unavailable ({}); using at::convolution",
+                         e.what());
         }
         try {
-            const auto got = onednn_conv(x.to(torch::kBFloat16), w.to(torch::kBFloat16), b.to(torch::kBFloat16),
-                                         {1, 1, 1}, {0, 1, 1});
+            const auto got = onednn_conv(x.to(torch::kBFloat16), w.to(torch::kBFloat16),
+                                         b.to(torch::kBFloat16), {1, 1, 1}, {0, 1, 1});
             // bf16 has 8 mantissa bits: agreement to a few percent of the output scale is what is expected.
             const double diff = (got.to(torch::kFloat) - ref).abs().max().item<double>();
             bf16 = diff <= 0.05 * (1.0 + ref.abs().max().item<double>());
@@ -105,28 +114,38 @@ size_t CacheCursor::next() {
 // ---------------------------------------------------------------------------------------------- kernels
 
 bool fast_conv_enabled(torch::Dtype dtype) {
-    if (dtype == torch::kFloat) return fast_conv_support().fp32;
-    if (dtype == torch::kBFloat16) return fast_conv_support().bf16;
+    if (dtype == torch::kFloat)
+        return fast_conv_support().fp32;
+    if (dtype == torch::kBFloat16)
+        return fast_conv_support().bf16;
     return false;
 }
 
-torch::Tensor conv_reference(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
-                             at::IntArrayRef stride, at::IntArrayRef padding) {
+torch::Tensor conv_reference(const torch::Tensor& x,
+                             const torch::Tensor& weight,
+                             const torch::Tensor& bias,
+                             at::IntArrayRef stride,
+                             at::IntArrayRef padding) {
     const auto dt = weight.scalar_type();
     const std::vector<int64_t> dilation(stride.size(), 1), output_padding(stride.size(), 0);
-    auto y = at::convolution(x.to(dt), weight, bias.defined() ? bias.to(dt) : bias, stride, padding, dilation, false,
-                             output_padding, 1);
+    auto y = at::convolution(x.to(dt), weight, bias.defined() ? bias.to(dt) : bias, stride, padding, dilation,
+                             false, output_padding, 1);
     return y.to(x.scalar_type());
 }
 
-torch::Tensor conv(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
-                   at::IntArrayRef stride, at::IntArrayRef padding) {
+torch::Tensor conv(const torch::Tensor& x,
+                   const torch::Tensor& weight,
+                   const torch::Tensor& bias,
+                   at::IntArrayRef stride,
+                   at::IntArrayRef padding) {
     const auto dt = weight.scalar_type();
     const auto xd = x.to(dt);
     const auto bd = bias.defined() ? bias.to(dt) : bias;
     bool pointwise = true;
-    for (int64_t d = 2; d < weight.dim(); ++d) pointwise = pointwise && weight.size(d) == 1;
-    for (size_t d = 0; d < stride.size(); ++d) pointwise = pointwise && stride[d] == 1 && padding[d] == 0;
+    for (int64_t d = 2; d < weight.dim(); ++d)
+        pointwise = pointwise && weight.size(d) == 1;
+    for (size_t d = 0; d < stride.size(); ++d)
+        pointwise = pointwise && stride[d] == 1 && padding[d] == 0;
     torch::Tensor y;
     if (pointwise) {
         y = pointwise_conv(xd, weight, bd);
@@ -171,18 +190,22 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& gamma, bool 
             float* acc = inv.data();
             for (int64_t ch = 0; ch < c; ++ch) {
                 const float* row = xb + ch * positions + p0;
-                for (int64_t i = 0; i < n; ++i) acc[i] += row[i] * row[i];
+                for (int64_t i = 0; i < n; ++i)
+                    acc[i] += row[i] * row[i];
             }
-            for (int64_t i = 0; i < n; ++i) acc[i] = fscale / std::max(std::sqrt(acc[i]), 1e-12f);
+            for (int64_t i = 0; i < n; ++i)
+                acc[i] = fscale / std::max(std::sqrt(acc[i]), 1e-12f);
             for (int64_t ch = 0; ch < c; ++ch) {
                 const float* row = xb + ch * positions + p0;
                 float* out = yb + ch * positions + p0;
                 const float gch = gp[ch];
-                for (int64_t i = 0; i < n; ++i) out[i] = row[i] * acc[i] * gch;
+                for (int64_t i = 0; i < n; ++i)
+                    out[i] = row[i] * acc[i] * gch;
             }
         });
     }
-    if (silu) at::silu_(y);
+    if (silu)
+        at::silu_(y);
     return y;
 }
 
@@ -194,20 +217,26 @@ std::shared_ptr<torch::nn::Module> make_holder(const std::string& type_name) {
 
 namespace {
 
-// torch.nn.ConvNd's default initialisation: kaiming-uniform with a = sqrt(5), bias uniform in +-1/sqrt(fan_in).
+// torch.nn.ConvNd's default initialisation: kaiming-uniform with a = sqrt(5), bias uniform in
+// +-1/sqrt(fan_in).
 void default_conv_init(torch::Tensor& weight, torch::Tensor& bias) {
     torch::NoGradGuard no_grad;
-    if (weight.is_meta()) return;
+    if (weight.is_meta())
+        return;
     torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));
     const double fan_in = static_cast<double>(weight.numel() / weight.size(0));
     const double bound = 1.0 / std::sqrt(fan_in);
-    if (bias.defined()) bias.uniform_(-bound, bound);
+    if (bias.defined())
+        bias.uniform_(-bound, bound);
 }
 
 }  // namespace
 
-CausalConv3dImpl::CausalConv3dImpl(int64_t in, int64_t out, std::array<int64_t, 3> kernel,
-                                   std::array<int64_t, 3> stride, std::array<int64_t, 3> padding,
+CausalConv3dImpl::CausalConv3dImpl(int64_t in,
+                                   int64_t out,
+                                   std::array<int64_t, 3> kernel,
+                                   std::array<int64_t, 3> stride,
+                                   std::array<int64_t, 3> padding,
                                    const torch::TensorOptions& options)
     : stride_(stride), padding_(padding) {
     weight = register_parameter("weight", torch::empty({out, in, kernel[0], kernel[1], kernel[2]}, options));
@@ -241,13 +270,18 @@ torch::Tensor CausalConv3dImpl::forward_cached(const torch::Tensor& x, CacheCurs
     const size_t slot = cursor.next();
     torch::Tensor& old = cursor.feat(slot);
     auto keep = last_frames(x, 2).clone();
-    if (keep.size(2) < 2 && old.defined()) keep = torch::cat({last_frames(old, 1).to(keep.device()), keep}, 2);
+    if (keep.size(2) < 2 && old.defined())
+        keep = torch::cat({last_frames(old, 1).to(keep.device()), keep}, 2);
     auto y = forward(x, old);
     old = keep;
     return y;
 }
 
-Conv2dImpl::Conv2dImpl(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t padding,
+Conv2dImpl::Conv2dImpl(int64_t in,
+                       int64_t out,
+                       int64_t kernel,
+                       int64_t stride,
+                       int64_t padding,
                        const torch::TensorOptions& options)
     : stride_(stride), padding_(padding) {
     weight = register_parameter("weight", torch::empty({out, in, kernel, kernel}, options));
@@ -262,12 +296,14 @@ void Conv2dImpl::reset_parameters() {
 torch::Tensor Conv2dImpl::forward(const torch::Tensor& x, std::array<int64_t, 4> extra_pad) {
     TORCH_CHECK(x.dim() == 5, "Conv2d over frames expects [B,C,T,H,W], got ", x.sizes());
     const bool padded = extra_pad[0] || extra_pad[1] || extra_pad[2] || extra_pad[3];
-    const auto input = padded ? at::constant_pad_nd(x, {extra_pad[0], extra_pad[1], extra_pad[2], extra_pad[3]}) : x;
+    const auto input =
+        padded ? at::constant_pad_nd(x, {extra_pad[0], extra_pad[1], extra_pad[2], extra_pad[3]}) : x;
     return conv(input, weight.unsqueeze(2), bias, {1, stride_, stride_}, {0, padding_, padding_});
 }
 
 RMSNormImpl::RMSNormImpl(int64_t dim, bool images, const torch::TensorOptions& options) {
-    gamma = register_parameter("gamma", images ? torch::ones({dim, 1, 1}, options) : torch::ones({dim, 1, 1, 1}, options));
+    gamma = register_parameter(
+        "gamma", images ? torch::ones({dim, 1, 1}, options) : torch::ones({dim, 1, 1, 1}, options));
 }
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x, bool silu) {
@@ -346,13 +382,13 @@ ResampleImpl::ResampleImpl(int64_t dim, ResampleMode mode, bool halve_up, const 
     }
     resample->register_module("1", conv);
     if (mode == ResampleMode::Upsample3d) {
-        time_conv = register_module(
-            "time_conv", CausalConv3d(dim, dim * 2, std::array<int64_t, 3>{3, 1, 1}, std::array<int64_t, 3>{1, 1, 1},
-                                      std::array<int64_t, 3>{1, 0, 0}, options));
+        time_conv = register_module("time_conv", CausalConv3d(dim, dim * 2, std::array<int64_t, 3>{3, 1, 1},
+                                                              std::array<int64_t, 3>{1, 1, 1},
+                                                              std::array<int64_t, 3>{1, 0, 0}, options));
     } else if (mode == ResampleMode::Downsample3d) {
-        time_conv = register_module(
-            "time_conv", CausalConv3d(dim, dim, std::array<int64_t, 3>{3, 1, 1}, std::array<int64_t, 3>{2, 1, 1},
-                                      std::array<int64_t, 3>{0, 0, 0}, options));
+        time_conv = register_module("time_conv", CausalConv3d(dim, dim, std::array<int64_t, 3>{3, 1, 1},
+                                                              std::array<int64_t, 3>{2, 1, 1},
+                                                              std::array<int64_t, 3>{0, 0, 0}, options));
     }
 }
 
@@ -366,23 +402,27 @@ torch::Tensor ResampleImpl::time_conv_interleaved(const torch::Tensor& x, const 
 torch::Tensor ResampleImpl::upsample_time(const torch::Tensor& x, CacheCursor& cursor) {
     const size_t slot = cursor.next();
     torch::Tensor& feat = cursor.feat(slot);
-    torch::Tensor head;  // the very first frame passes through unchanged (official chunk 0: state becomes Rep)
+    torch::Tensor
+        head;  // the very first frame passes through unchanged (official chunk 0: state becomes Rep)
     torch::Tensor rest = x;
     if (!feat.defined() && !cursor.rep(slot)) {
         cursor.set_rep(slot, true);
         head = frames(x, 0, 1);
         rest = frames(x, 1, x.size(2) - 1);
-        if (rest.size(2) == 0) return head;
+        if (rest.size(2) == 0)
+            return head;
     }
     auto keep = last_frames(rest, 2).clone();
     torch::Tensor y;
     if (cursor.rep(slot)) {
         // The first chunk after frame 0 is convolved with zero padding: frame 0's features are not used.
-        if (keep.size(2) < 2) keep = torch::cat({torch::zeros_like(keep), keep}, 2);
+        if (keep.size(2) < 2)
+            keep = torch::cat({torch::zeros_like(keep), keep}, 2);
         y = time_conv_interleaved(rest, torch::Tensor());
         cursor.set_rep(slot, false);
     } else {
-        if (keep.size(2) < 2) keep = torch::cat({last_frames(feat, 1).to(keep.device()), keep}, 2);
+        if (keep.size(2) < 2)
+            keep = torch::cat({last_frames(feat, 1).to(keep.device()), keep}, 2);
         y = time_conv_interleaved(rest, feat);
     }
     feat = keep;
@@ -392,16 +432,20 @@ torch::Tensor ResampleImpl::upsample_time(const torch::Tensor& x, CacheCursor& c
 torch::Tensor ResampleImpl::downsample_time(const torch::Tensor& x, CacheCursor& cursor) {
     const size_t slot = cursor.next();
     torch::Tensor& feat = cursor.feat(slot);
-    torch::Tensor head;  // official chunk 0: no time conv, the frame is stored (only its last frame is ever used)
+    torch::Tensor
+        head;  // official chunk 0: no time conv, the frame is stored (only its last frame is ever used)
     torch::Tensor rest = x;
     if (!feat.defined()) {
         head = frames(x, 0, 1);
         rest = frames(x, 1, x.size(2) - 1);
         feat = head.clone();
-        if (rest.size(2) == 0) return head;
+        if (rest.size(2) == 0)
+            return head;
     }
-    TORCH_CHECK(rest.size(2) % 2 == 0, "wan_vae: a temporal downsample needs an even number of frames after the "
-                                       "first; got ", rest.size(2), " (encoder pieces must be 1+4k, then 4k frames)");
+    TORCH_CHECK(rest.size(2) % 2 == 0,
+                "wan_vae: a temporal downsample needs an even number of frames after the "
+                "first; got ",
+                rest.size(2), " (encoder pieces must be 1+4k, then 4k frames)");
     auto keep = last_frames(rest, 1).clone();
     auto y = time_conv->forward(torch::cat({last_frames(feat, 1).to(rest.device()), rest}, 2));
     feat = keep;
@@ -414,7 +458,8 @@ torch::Tensor ResampleImpl::forward(const torch::Tensor& x, CacheCursor& cursor)
         case ResampleMode::Upsample3d: {
             const auto t = mode_ == ResampleMode::Upsample3d ? upsample_time(x, cursor) : x;
             // nearest-exact at an exact 2x scale picks the same source pixel as nearest (computed in fp32).
-            const auto up = at::upsample_nearest3d(t.to(torch::kFloat), {t.size(2), t.size(3) * 2, t.size(4) * 2});
+            const auto up =
+                at::upsample_nearest3d(t.to(torch::kFloat), {t.size(2), t.size(3) * 2, t.size(4) * 2});
             return conv->forward(up.to(t.scalar_type()));
         }
         case ResampleMode::Downsample2d:
@@ -427,14 +472,16 @@ torch::Tensor ResampleImpl::forward(const torch::Tensor& x, CacheCursor& cursor)
     return x;
 }
 
-// ---------------------------------------------------------------------------------------------- 2.2 shortcuts
+// ---------------------------------------------------------------------------------------------- 2.2
+// shortcuts
 
 torch::Tensor avg_down_3d(const torch::Tensor& x, int64_t out_channels, int64_t ft, int64_t fs) {
     const int64_t pad_t = (ft - x.size(2) % ft) % ft;
     const auto xp = pad_t > 0 ? at::constant_pad_nd(x, {0, 0, 0, 0, pad_t, 0}) : x;
     const int64_t b = xp.size(0), c = xp.size(1), t = xp.size(2), h = xp.size(3), w = xp.size(4);
     const int64_t factor = ft * fs * fs;
-    TORCH_CHECK((c * factor) % out_channels == 0, "AvgDown3D: ", c, "*", factor, " not divisible by ", out_channels);
+    TORCH_CHECK((c * factor) % out_channels == 0, "AvgDown3D: ", c, "*", factor, " not divisible by ",
+                out_channels);
     TORCH_CHECK(h % fs == 0 && w % fs == 0, "AvgDown3D: size ", h, "x", w, " not divisible by ", fs);
     const int64_t group = c * factor / out_channels;
     const auto y = xp.reshape({b, c, t / ft, ft, h / fs, fs, w / fs, fs})
@@ -443,20 +490,30 @@ torch::Tensor avg_down_3d(const torch::Tensor& x, int64_t out_channels, int64_t 
     return y.mean(2);
 }
 
-torch::Tensor dup_up_3d(const torch::Tensor& x, int64_t out_channels, int64_t ft, int64_t fs, bool first_chunk) {
+torch::Tensor dup_up_3d(const torch::Tensor& x,
+                        int64_t out_channels,
+                        int64_t ft,
+                        int64_t fs,
+                        bool first_chunk) {
     const int64_t b = x.size(0), c = x.size(1), t = x.size(2), h = x.size(3), w = x.size(4);
     const int64_t factor = ft * fs * fs;
-    TORCH_CHECK((out_channels * factor) % c == 0, "DupUp3D: ", out_channels, "*", factor, " not divisible by ", c);
+    TORCH_CHECK((out_channels * factor) % c == 0, "DupUp3D: ", out_channels, "*", factor,
+                " not divisible by ", c);
     const int64_t repeats = out_channels * factor / c;
     auto y = x.repeat_interleave(repeats, 1)
                  .view({b, out_channels, ft, fs, fs, t, h, w})
                  .permute({0, 1, 5, 2, 6, 3, 7, 4})
                  .reshape({b, out_channels, t * ft, h * fs, w * fs});
-    if (first_chunk && ft > 1) y = y.narrow(2, ft - 1, y.size(2) - (ft - 1));
+    if (first_chunk && ft > 1)
+        y = y.narrow(2, ft - 1, y.size(2) - (ft - 1));
     return y;
 }
 
-DownResidualBlockImpl::DownResidualBlockImpl(int64_t in, int64_t out, int64_t mult, bool temporal, bool down,
+DownResidualBlockImpl::DownResidualBlockImpl(int64_t in,
+                                             int64_t out,
+                                             int64_t mult,
+                                             bool temporal,
+                                             bool down,
                                              const torch::TensorOptions& options)
     : VaeLayer("Down_ResidualBlock"), out_(out), ft_(temporal ? 2 : 1), fs_(down ? 2 : 1) {
     auto holder = register_module("downsamples", make_holder());
@@ -469,22 +526,29 @@ DownResidualBlockImpl::DownResidualBlockImpl(int64_t in, int64_t out, int64_t mu
         layers.push_back(std::make_shared<ResampleImpl>(
             out, temporal ? ResampleMode::Downsample3d : ResampleMode::Downsample2d, false, options));
     }
-    for (size_t i = 0; i < layers.size(); ++i) holder->register_module(std::to_string(i), layers[i]);
+    for (size_t i = 0; i < layers.size(); ++i)
+        holder->register_module(std::to_string(i), layers[i]);
 }
 
 size_t DownResidualBlockImpl::cache_slots() const {
     size_t n = 0;
-    for (const auto& l : layers) n += l->cache_slots();
+    for (const auto& l : layers)
+        n += l->cache_slots();
     return n;
 }
 
 torch::Tensor DownResidualBlockImpl::forward(const torch::Tensor& x, CacheCursor& cursor) {
     torch::Tensor h = x;
-    for (auto& layer : layers) h = layer->forward(h, cursor);
+    for (auto& layer : layers)
+        h = layer->forward(h, cursor);
     return h + avg_down_3d(x, out_, ft_, fs_);
 }
 
-UpResidualBlockImpl::UpResidualBlockImpl(int64_t in, int64_t out, int64_t mult, bool temporal, bool up,
+UpResidualBlockImpl::UpResidualBlockImpl(int64_t in,
+                                         int64_t out,
+                                         int64_t mult,
+                                         bool temporal,
+                                         bool up,
                                          const torch::TensorOptions& options)
     : VaeLayer("Up_ResidualBlock"), out_(out), ft_(temporal ? 2 : 1), up_(up) {
     auto holder = register_module("upsamples", make_holder());
@@ -497,26 +561,31 @@ UpResidualBlockImpl::UpResidualBlockImpl(int64_t in, int64_t out, int64_t mult, 
         layers.push_back(std::make_shared<ResampleImpl>(
             out, temporal ? ResampleMode::Upsample3d : ResampleMode::Upsample2d, false, options));
     }
-    for (size_t i = 0; i < layers.size(); ++i) holder->register_module(std::to_string(i), layers[i]);
+    for (size_t i = 0; i < layers.size(); ++i)
+        holder->register_module(std::to_string(i), layers[i]);
 }
 
 size_t UpResidualBlockImpl::cache_slots() const {
     size_t n = 0;
-    for (const auto& l : layers) n += l->cache_slots();
+    for (const auto& l : layers)
+        n += l->cache_slots();
     return n;
 }
 
 torch::Tensor UpResidualBlockImpl::forward(const torch::Tensor& x, CacheCursor& cursor) {
     torch::Tensor h = x;
-    for (auto& layer : layers) h = layer->forward(h, cursor);
-    if (!up_) return h;
+    for (auto& layer : layers)
+        h = layer->forward(h, cursor);
+    if (!up_)
+        return h;
     return h + dup_up_3d(x, out_, ft_, 2, cursor.first_chunk());
 }
 
 // ---------------------------------------------------------------------------------------------- patchify
 
 torch::Tensor patchify(const torch::Tensor& x, int64_t patch) {
-    if (patch == 1) return x;
+    if (patch == 1)
+        return x;
     const int64_t b = x.size(0), c = x.size(1), t = x.size(2), h = x.size(3), w = x.size(4);
     TORCH_CHECK(h % patch == 0 && w % patch == 0, "patchify: size ", h, "x", w, " not divisible by ", patch);
     // "b c f (h q) (w r) -> b (c r q) f h w"
@@ -526,7 +595,8 @@ torch::Tensor patchify(const torch::Tensor& x, int64_t patch) {
 }
 
 torch::Tensor unpatchify(const torch::Tensor& x, int64_t patch) {
-    if (patch == 1) return x;
+    if (patch == 1)
+        return x;
     const int64_t b = x.size(0), c = x.size(1) / (patch * patch), t = x.size(2), h = x.size(3), w = x.size(4);
     // "b (c r q) f h w -> b c f (h q) (w r)"
     return x.reshape({b, c, patch, patch, t, h, w})

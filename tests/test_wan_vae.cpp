@@ -52,21 +52,28 @@ Golden load_golden(const std::string& file, const std::string& version) {
     return g;
 }
 
-Golden golden21() { return load_golden("vae21_tiny.safetensors", "2.1"); }
-Golden golden22() { return load_golden("vae22_tiny.safetensors", "2.2"); }
+Golden golden21() {
+    return load_golden("vae21_tiny.safetensors", "2.1");
+}
+Golden golden22() {
+    return load_golden("vae22_tiny.safetensors", "2.2");
+}
 
 int64_t parameter_count(torch::nn::Module& m) {
     int64_t n = 0;
-    for (const auto& p : m.parameters()) n += p.numel();
+    for (const auto& p : m.parameters())
+        n += p.numel();
     return n;
 }
 
 void check_names_and_shapes(Golden& g, size_t expected_tensors) {
     std::map<std::string, std::vector<int64_t>> golden;
     for (const auto& name : g.source.names())
-        if (name.rfind("weights.", 0) == 0) golden[name.substr(8)] = g.source.info(name).shape;
+        if (name.rfind("weights.", 0) == 0)
+            golden[name.substr(8)] = g.source.info(name).shape;
     std::map<std::string, std::vector<int64_t>> ours;
-    for (const auto& [name, t] : module_tensors(*g.vae)) ours[name] = t.sizes().vec();
+    for (const auto& [name, t] : module_tensors(*g.vae))
+        ours[name] = t.sizes().vec();
     CHECK(golden.size() == expected_tensors);
     CHECK(ours.size() == expected_tensors);
     for (const auto& [name, shape] : golden) {
@@ -105,7 +112,9 @@ void check_golden_parity(Golden g) {
 }
 
 // Decodes z in sections of the given latent-frame counts with one state, and concatenates.
-torch::Tensor decode_in_sections(WanVAEImpl& vae, const torch::Tensor& z, const std::vector<int64_t>& sections,
+torch::Tensor decode_in_sections(WanVAEImpl& vae,
+                                 const torch::Tensor& z,
+                                 const std::vector<int64_t>& sections,
                                  bool clamp = false) {
     VaeDecoderState state;
     std::vector<torch::Tensor> parts;
@@ -120,7 +129,9 @@ torch::Tensor decode_in_sections(WanVAEImpl& vae, const torch::Tensor& z, const 
     return torch::cat(parts, 2);
 }
 
-torch::Tensor encode_in_pieces(WanVAEImpl& vae, const torch::Tensor& video, const std::vector<int64_t>& pieces) {
+torch::Tensor encode_in_pieces(WanVAEImpl& vae,
+                               const torch::Tensor& video,
+                               const std::vector<int64_t>& pieces) {
     VaeEncoderState state;
     std::vector<torch::Tensor> parts;
     int64_t start = 0;
@@ -156,8 +167,10 @@ TEST_SUITE("wan_vae") {
         // Spot checks of the official layouts named in the spec.
         const auto params = g21.vae->named_parameters();
         CHECK(params["decoder.upsamples.3.resample.1.weight"].sizes() == torch::IntArrayRef({12, 24, 3, 3}));
-        CHECK(params["decoder.upsamples.3.time_conv.weight"].sizes() == torch::IntArrayRef({48, 24, 3, 1, 1}));
-        CHECK(params["encoder.downsamples.5.time_conv.weight"].sizes() == torch::IntArrayRef({12, 12, 3, 1, 1}));
+        CHECK(params["decoder.upsamples.3.time_conv.weight"].sizes() ==
+              torch::IntArrayRef({48, 24, 3, 1, 1}));
+        CHECK(params["encoder.downsamples.5.time_conv.weight"].sizes() ==
+              torch::IntArrayRef({12, 12, 3, 1, 1}));
         const auto params22 = g22.vae->named_parameters();
         CHECK(params22["encoder.downsamples.1.downsamples.2.time_conv.weight"].sizes() ==
               torch::IntArrayRef({12, 12, 3, 1, 1}));
@@ -192,7 +205,8 @@ TEST_SUITE("wan_vae") {
         };
         for (const auto& c : {Case{{3, 3, 3}, {1, 1, 1}, {0, 1, 1}}, Case{{3, 1, 1}, {2, 1, 1}, {0, 0, 0}},
                               Case{{1, 3, 3}, {1, 2, 2}, {0, 0, 0}}, Case{{1, 1, 1}, {1, 1, 1}, {0, 0, 0}}}) {
-            const auto w = at::randn({10, 12, c.kernel[0], c.kernel[1], c.kernel[2]}, gen, torch::kFloat) * 0.1;
+            const auto w =
+                at::randn({10, 12, c.kernel[0], c.kernel[1], c.kernel[2]}, gen, torch::kFloat) * 0.1;
             const auto b = at::randn({10}, gen, torch::kFloat);
             CHECK_CLOSE(wan_vae::conv(x, w, b, c.stride, c.padding),
                         wan_vae::conv_reference(x, w, b, c.stride, c.padding), kStreamAtol);
@@ -230,8 +244,8 @@ TEST_SUITE("wan_vae") {
             for (const auto& sections : std::vector<std::vector<int64_t>>{{1, 2}, {1, 1, 1}, {2, 1}, {3}}) {
                 const auto streamed = decode_in_sections(*g.vae, z, sections);
                 CHECK_CLOSE(streamed, whole, kStreamAtol);
-                MESSAGE(g.config.version << " sections of " << sections.size()
-                                         << ": max diff " << max_abs_diff(streamed, whole));
+                MESSAGE(g.config.version << " sections of " << sections.size() << ": max diff "
+                                         << max_abs_diff(streamed, whole));
             }
             // Clamping per section is clamping the whole.
             CHECK_CLOSE(decode_in_sections(*g.vae, z, {1, 2}, true), g.vae->decode(z), kStreamAtol);
@@ -286,13 +300,15 @@ TEST_SUITE("wan_vae") {
         CHECK(snap.counters.at("slots") == static_cast<int64_t>(g.vae->decoder_cache_slots()));
         // After latent frame 0 the upsample3d caches are in the official "Rep" state.
         int64_t reps = 0;
-        for (const auto& [name, value] : snap.counters) reps += name.rfind("rep.", 0) == 0 ? value : 0;
+        for (const auto& [name, value] : snap.counters)
+            reps += name.rfind("rep.", 0) == 0 ? value : 0;
         CHECK(reps == 2);
         save_tensors(dir.file("state.safetensors"), snap.tensors);
         const auto source = TensorSource::open(dir.file("state.safetensors"));
         VaeStateSnapshot loaded;
         loaded.counters = snap.counters;
-        for (const auto& name : source.names()) loaded.tensors.emplace_back(name, source.get(name));
+        for (const auto& name : source.names())
+            loaded.tensors.emplace_back(name, source.get(name));
         auto restored = VaeDecoderState::restore(loaded);
         CHECK(restored.frames_in() == 1);
         CHECK(restored.bytes() == state.bytes());
@@ -395,8 +411,10 @@ TEST_SUITE("wan_vae") {
         CHECK(p["encoder.head.2.weight"].sizes() == torch::IntArrayRef({8, 32, 3, 3, 3}));
         CHECK(p["conv1.weight"].sizes() == torch::IntArrayRef({8, 8, 1, 1, 1}));
         CHECK(p["decoder.conv1.weight"].sizes() == torch::IntArrayRef({48, 4, 3, 3, 3}));
-        CHECK(p["decoder.upsamples.2.upsamples.0.shortcut.weight"].sizes() == torch::IntArrayRef({24, 48, 1, 1, 1}));
-        CHECK(p["decoder.upsamples.2.upsamples.3.resample.1.weight"].sizes() == torch::IntArrayRef({24, 24, 3, 3}));
+        CHECK(p["decoder.upsamples.2.upsamples.0.shortcut.weight"].sizes() ==
+              torch::IntArrayRef({24, 48, 1, 1, 1}));
+        CHECK(p["decoder.upsamples.2.upsamples.3.resample.1.weight"].sizes() ==
+              torch::IntArrayRef({24, 24, 3, 3}));
         CHECK(p["decoder.head.2.weight"].sizes() == torch::IntArrayRef({12, 12, 3, 3, 3}));
         const auto z = vae->encode(random_video(1, 5, 16, 32, 50));
         CHECK(z.sizes() == torch::IntArrayRef({1, 4, 2, 1, 2}));
@@ -437,6 +455,11 @@ TEST_SUITE("wan_vae") {
         c.mean.clear();
         c.std.clear();
         WanVAE vae(c);
+        {
+            torch::NoGradGuard no_grad;
+            for (auto& p : vae->parameters())
+                p.fill_(5.0);
+        }
         vae->init_weights();
         for (const auto& item : vae->named_parameters()) {
             const std::string& name = item.key();
@@ -449,7 +472,8 @@ TEST_SUITE("wan_vae") {
             } else {
                 const double fan_in = t.dim() > 1 ? double(t.numel() / t.size(0)) : 0.0;
                 CHECK(t.abs().max().item<double>() > 0.0);
-                if (fan_in > 0) CHECK(t.abs().max().item<double>() <= 1.0 / std::sqrt(fan_in) + 1e-6);
+                if (fan_in > 0)
+                    CHECK(t.abs().max().item<double>() <= 1.0 / std::sqrt(fan_in) + 1e-6);
             }
         }
         // Trainable: gradients reach the first encoder conv through encode and decode.
@@ -483,11 +507,40 @@ TEST_SUITE("wan_vae") {
             g.vae->decode(z);
             const auto start = std::chrono::steady_clock::now();
             const int reps = 5;
-            for (int i = 0; i < reps; ++i) g.vae->decode(z);
+            for (int i = 0; i < reps; ++i)
+                g.vae->decode(z);
             const double ms =
-                std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count() / reps;
-            MESSAGE(g.config.version << " decode " << z.sizes() << ": " << ms << " ms (" << at::get_num_threads()
-                                     << " threads)");
+                std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count() /
+                reps;
+            MESSAGE(g.config.version << " decode " << z.sizes() << ": " << ms << " ms ("
+                                     << at::get_num_threads() << " threads)");
         }
+    }
+
+    TEST_CASE("decode speed of the tiny product configuration (informational)" * doctest::skip()) {
+        torch::NoGradGuard no_grad;
+        WanVAEConfig c = WanVAEConfig::wan21();
+        c.dim = c.dec_dim = 16;
+        c.mean.clear();
+        c.std.clear();
+        WanVAE vae(c);
+        const auto z = random_latents(1, 16, 9, 24, 40, 70);  // 33 frames of 192x320
+        for (int64_t per_pass : {1, 3, 9}) {
+            vae->set_chunks_per_pass(per_pass);
+            vae->decode(z.narrow(2, 0, 2));
+            const auto start = std::chrono::steady_clock::now();
+            vae->decode(z);
+            const double ms =
+                std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+            MESSAGE("tiny 2.1 decode 9 latent frames -> 33x192x320, " << per_pass << " chunks/pass: " << ms
+                                                                      << " ms");
+        }
+        vae->set_chunks_per_pass(1);
+        vae->to(torch::kBFloat16);
+        const auto start = std::chrono::steady_clock::now();
+        vae->decode(z);
+        const double ms =
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+        MESSAGE("bf16 weights: " << ms << " ms");
     }
 }
