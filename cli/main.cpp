@@ -22,12 +22,16 @@ int main(int argc, char** argv) {
         // LibTorch defaults to 1 thread on these machines; this also sizes the pool its worker threads use.
         torch::set_num_threads(threads);
     });
-    // memoreel::add_generate_command(app);  // WIP: enabled once video_model.cpp lands
-    // memoreel::add_bench_command(app);  // WIP
+    memoreel::add_generate_command(app);
+    memoreel::add_bench_command(app);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
         return app.exit(e);
+    } catch (const c10::Error& e) {
+        // LibTorch's own checks: print the message without the C++ backtrace.
+        spdlog::error("{}", e.what_without_backtrace());
+        return 1;
     } catch (const memoreel::CheckpointError& e) {
         spdlog::error("{}", e.what());
         return 2;

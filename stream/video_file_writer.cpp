@@ -68,6 +68,8 @@ struct VideoFileWriter::Impl {
 
 VideoFileWriter::VideoFileWriter(const std::string& path, const VideoFileOptions& options)
     : impl_(std::make_unique<Impl>()) {
+    // x264 reports per-file statistics at the info level; keep the terminal for our own progress.
+    if (av_log_get_level() > AV_LOG_WARNING) av_log_set_level(AV_LOG_WARNING);
     Impl& m = *impl_;
     m.path = path;
     m.options = options;

@@ -1,0 +1,203 @@
+#include "model/video_model.h"
+
+#include <filesystem>
+
+#include "model/checkpoint.h"
+#include "model/flow_matching.h"
+#include "model/json_util.h"
+#include "model/tokenizer.h"
+#include "model/umt5.h"
+#include "model/wan_dit.h"
+#include "model/wan_vae.h"
+
+namespace fs = std::filesystem;
+
+namespace memoreel {
+
+namespace {
+
+// Seeds for networks a config leaves without weights: fixed, so two runs of an untrained config agree.
+constexpr uint64_t kRandomInitSeed = 20251123;
+
+std::string resolve(const std::string& base, const std::string& path) {
+    if (path.empty() || fs::path(path).is_absolute()) return path;
+    return (fs::path(base) / path).lexically_normal().string();
+}
+
+// The official Wan checkpoint folder carries a config.json; when it is there, its architecture numbers must agree
+// with the model config, or loading would fail later with a less helpful shape error.
+void check_official_dit_config(const std::string& folder, const WanDiTConfig& dit) {
+    const fs::path file = fs::path(folder) / "config.json";
+    if (!fs::is_directory(folder) || !fs::exists(file)) return;
+    const nlohmann::json j = read_json_file(file.string());
+    auto check = [&](const char* key, int64_t expected) {
+        if (j.contains(key) && j[key].is_number_integer() && j[key].get<int64_t>() != expected)
+            throw CheckpointError(file.string(), "",
+                                  std::string("'") + key + "' is " + std::to_string(j[key].get<int64_t>()) +
+                                      " but the model config says " + std::to_string(expected));
+    };
+    check("dim", dit.dim);
+    check("ffn_dim", dit.ffn_dim);
+    check("num_heads", dit.num_heads);
+    check("num_layers", dit.num_layers);
+    check("in_dim", dit.in_dim);
+    check("out_dim", dit.out_dim);
+    check("freq_dim", dit.freq_dim);
+    check("text_len", dit.text_len);
+}
+
+}  // namespace
+
+struct VideoModel::Impl {
+    ModelConfig config;
+    torch::Device device{torch::kCPU};
+    std::unique_ptr<Tokenizer> tokenizer;
+    UMT5Encoder text_encoder{nullptr};
+    WanDiT dit{nullptr};
+    WanVAE vae{nullptr};
+
+    // Loads a network's weights or, when the config names none, keeps the seeded initialisation (if allowed).
+    void load_or_init(torch::nn::Module& module, const std::string& path, const char* what) {
+        if (path.empty()) {
+            if (!config.allow_random_weights)
+                throw CheckpointError(config.source_path, "",
+                                      std::string("names no weights for the ") + what +
+                                          " (set weights." + what + " or allow_random)");
+            return;
+        }
+        load_module(module, TensorSource::open(path));
+    }
+};
+
+VideoModel::VideoModel(const ModelConfig& config, const std::string& weights_dir, torch::Device device)
+    : impl_(std::make_unique<Impl>()) {
+    Impl& m = *impl_;
+    m.config = config;
+    m.device = device;
+    const std::string base =
+        !weights_dir.empty() ? weights_dir
+                             : (config.source_path.empty() ? "." : fs::path(config.source_path).parent_path().string());
+
+    if (config.tokenizer.empty())
+        throw CheckpointError(config.source_path, "", "names no tokenizer (weights.tokenizer: a .model file or \"byte\")");
+    m.tokenizer = std::make_unique<Tokenizer>(
+        config.tokenizer == Tokenizer::kByteModel ? config.tokenizer : resolve(base, config.tokenizer));
+    if (m.tokenizer->vocab_size() > config.text_encoder.vocab)
+        throw CheckpointError(config.source_path, "",
+                              "the tokenizer has " + std::to_string(m.tokenizer->vocab_size()) +
+                                  " pieces but text_encoder.vocab is " + std::to_string(config.text_encoder.vocab));
+
+    torch::manual_seed(kRandomInitSeed);
+    m.text_encoder = UMT5Encoder(config.text_encoder);
+    m.load_or_init(*m.text_encoder, resolve(base, config.text_encoder_weights), "text_encoder");
+
+    m.dit = WanDiT(config.dit);
+    const std::string dit_path = resolve(base, config.dit_weights);
+    if (!dit_path.empty()) check_official_dit_config(dit_path, config.dit);
+    m.load_or_init(*m.dit, dit_path, "dit");
+
+    m.vae = WanVAE(config.vae);
+    m.load_or_init(*m.vae, resolve(base, config.vae_weights), "vae");
+
+    for (torch::nn::Module* net : {static_cast<torch::nn::Module*>(m.text_encoder.get()),
+                                   static_cast<torch::nn::Module*>(m.dit.get()),
+                                   static_cast<torch::nn::Module*>(m.vae.get())}) {
+        net->eval();
+        net->to(device);
+        for (auto& p : net->parameters()) p.set_requires_grad(false);
+    }
+}
+
+VideoModel::~VideoModel() = default;
+
+const ModelConfig& VideoModel::config() const { return impl_->config; }
+torch::Device VideoModel::device() const { return impl_->device; }
+WanDiTImpl& VideoModel::dit() { return *impl_->dit; }
+WanVAEImpl& VideoModel::vae() { return *impl_->vae; }
+UMT5EncoderImpl& VideoModel::text_encoder() { return *impl_->text_encoder; }
+Tokenizer& VideoModel::tokenizer() { return *impl_->tokenizer; }
+
+torch::Tensor VideoModel::encode_prompt(const std::string& text) {
+    Impl& m = *impl_;
+    torch::InferenceMode guard;
+    const TokenizedText tokens = m.tokenizer->encode(text, m.config.text_encoder.text_len);
+    const auto ids = tokens.ids.to(m.device);
+    const auto mask = tokens.mask.to(m.device);
+    const torch::Tensor hidden = m.text_encoder->forward(ids, mask);  // [1, L, dim]
+    // The DiT receives the real tokens only (EOS included) and pads them to text_len itself (spec 2.4).
+    const int64_t len = std::min<int64_t>(tokens.mask.sum().item<int64_t>(), m.config.dit.text_len);
+    return hidden[0].slice(0, 0, len);
+}
+
+torch::Tensor VideoModel::sample_latents(const GenerateRequest& req, const StepCallback& on_step) {
+    Impl& m = *impl_;
+    const ModelConfig& c = m.config;
+    const int64_t sf = c.vae.spatial_factor();
+    const int64_t tf = c.vae.temporal_factor();
+    if (req.frames < 1 || (req.frames - 1) % tf != 0)
+        throw std::invalid_argument("frames must be 1 + a multiple of " + std::to_string(tf) + ", got " +
+                                    std::to_string(req.frames));
+    const int64_t grid = sf * c.dit.patch_size[1];
+    if (req.width <= 0 || req.height <= 0 || req.width % grid || req.height % grid)
+        throw std::invalid_argument("width and height must be positive multiples of " + std::to_string(grid) +
+                                    ", got " + std::to_string(req.width) + "x" + std::to_string(req.height));
+
+    const int64_t steps = req.steps.value_or(c.sampler.steps);
+    const double shift = req.shift.value_or(c.sampler.shift);
+    const double guidance = req.guidance.value_or(c.sampler.guidance);
+    const std::string solver = req.solver.value_or(c.sampler.solver);
+    auto sampler = make_sampler(solver, steps, shift);
+
+    const torch::Tensor cond = encode_prompt(req.prompt);
+    const bool use_cfg = guidance != 1.0;
+    const torch::Tensor uncond =
+        use_cfg ? encode_prompt(req.negative_prompt.empty() ? c.sampler.negative_prompt : req.negative_prompt)
+                : torch::Tensor();
+
+    torch::InferenceMode guard;
+    // Noise from a CPU generator so that a seed means the same video on every machine and device.
+    auto gen = torch::make_generator<torch::CPUGeneratorImpl>(req.seed);
+    const int64_t lat_t = (req.frames - 1) / tf + 1;
+    torch::Tensor x = torch::randn({c.vae.z_dim, lat_t, req.height / sf, req.width / sf}, gen,
+                                   torch::TensorOptions().dtype(torch::kFloat32))
+                          .to(m.device);
+    const auto& p = c.dit.patch_size;
+    const int64_t seq_len = (lat_t / p[0]) * (x.size(2) / p[1]) * (x.size(3) / p[2]);
+
+    for (int64_t i = 0; i < steps; ++i) {
+        const double t = static_cast<double>(sampler->timestep(i));
+        torch::Tensor v;
+        if (use_cfg) {
+            // Conditional and unconditional passes as one batch of two (the DiT treats samples independently).
+            const auto tt = torch::full({2, seq_len}, t, torch::TensorOptions().device(m.device));
+            const auto out = m.dit->forward({x, x}, tt, {cond, uncond}, seq_len);
+            v = cfg_combine(out[1], out[0], guidance);
+        } else {
+            const auto tt = torch::full({1, seq_len}, t, torch::TensorOptions().device(m.device));
+            v = m.dit->forward({x}, tt, {cond}, seq_len)[0];
+        }
+        x = sampler->step(v, i, x);
+        if (on_step) on_step(i + 1, steps);
+    }
+    return x;
+}
+
+torch::Tensor VideoModel::decode(const torch::Tensor& latents) {
+    torch::InferenceMode guard;
+    return impl_->vae->decode(latents.unsqueeze(0).to(impl_->device))[0];
+}
+
+torch::Tensor VideoModel::generate(const GenerateRequest& request, const StepCallback& on_step) {
+    return decode(sample_latents(request, on_step));
+}
+
+torch::Tensor video_to_rgb24(const torch::Tensor& video) {
+    TORCH_CHECK(video.dim() == 4 && video.size(0) == 3, "video_to_rgb24 expects [3, T, H, W]");
+    return ((video.detach().to(torch::kCPU, torch::kFloat32).clamp(-1, 1) + 1) * 127.5)
+        .round()
+        .to(torch::kUInt8)
+        .permute({1, 2, 3, 0})
+        .contiguous();
+}
+
+}  // namespace memoreel

@@ -1,0 +1,77 @@
+// `memoreel generate` end to end: the executable writes an MP4 that ffprobe reads back with the frame count, size
+// and rate asked for; bad requests fail with a clear message and no file.
+#include <cstdio>
+#include <filesystem>
+
+#include "tests/test_support.h"
+
+using memoreel::test::TempDir;
+
+namespace {
+
+struct Result {
+    int status;
+    std::string output;
+};
+
+Result run(const std::string& cmd) {
+    Result r{0, ""};
+    FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
+    REQUIRE(p != nullptr);
+    char buf[512];
+    while (std::fgets(buf, sizeof(buf), p)) r.output += buf;
+    r.status = ::pclose(p);
+    return r;
+}
+
+std::string generate_cmd(const std::string& extra) {
+    return "'" + memoreel::test::memoreel_binary() + "' --threads 2 generate --model '" +
+           memoreel::test::source_dir() + "/configs/models/memoreel-tiny.json' --prompt 'a green fox' " + extra;
+}
+
+}  // namespace
+
+TEST_SUITE("generate") {
+    TEST_CASE("writes a playable MP4 with the frames, size and fps asked for") {
+        TempDir dir;
+        const auto r = run(generate_cmd("--frames 9 --width 96 --height 64 --fps 12 --steps 2 --seed 3 --out '" +
+                                        dir.file("clip.mp4") + "'"));
+        INFO(r.output);
+        REQUIRE(r.status == 0);
+        const auto probe = run("ffprobe -v error -count_frames -select_streams v:0 -show_entries "
+                               "stream=codec_name,width,height,r_frame_rate,nb_read_frames -of csv=p=0 '" +
+                               dir.file("clip.mp4") + "'");
+        CHECK(probe.output == "h264,96,64,12/1,9\n");
+        CHECK(r.output.find("sampling") != std::string::npos);  // the progress bar
+    }
+
+    TEST_CASE("the same seed gives the same video, another seed another") {
+        TempDir dir;
+        for (const char* name : {"a", "b", "c"}) {
+            const std::string seed = std::string(name) == "c" ? "5" : "4";
+            const auto r = run(generate_cmd("--frames 5 --width 64 --height 64 --steps 2 --seed " + seed +
+                                            " --out '" + dir.file(std::string(name) + ".mp4") + "'"));
+            REQUIRE_MESSAGE(r.status == 0, r.output);
+        }
+        auto md5 = [&](const std::string& f) {
+            return run("ffmpeg -v error -i '" + dir.file(f) + "' -f md5 -").output;
+        };
+        CHECK(md5("a.mp4") == md5("b.mp4"));
+        CHECK(md5("a.mp4") != md5("c.mp4"));
+    }
+
+    TEST_CASE("bad requests fail with a clear message and leave no file") {
+        TempDir dir;
+        auto r = run(generate_cmd("--frames 10 --out '" + dir.file("x.mp4") + "'"));
+        CHECK(r.status != 0);
+        CHECK(r.output.find("frames must be 1 + a multiple of 4") != std::string::npos);
+        r = run(generate_cmd("--frames 5 --width 100 --out '" + dir.file("x.mp4") + "'"));
+        CHECK(r.status != 0);
+        CHECK(r.output.find("multiples of 16") != std::string::npos);
+        r = run("'" + memoreel::test::memoreel_binary() + "' generate --model '" + dir.file("nope.json") +
+                "' --prompt x");
+        CHECK(r.status != 0);
+        CHECK(r.output.find("nope.json") != std::string::npos);
+        CHECK(!std::filesystem::exists(dir.file("x.mp4")));
+    }
+}
