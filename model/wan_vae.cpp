@@ -101,7 +101,7 @@ torch::Tensor Encoder3dImpl::forward(const torch::Tensor& x, CacheCursor& cursor
         h = layer->forward(h, cursor);
     for (auto& layer : middle)
         h = layer->forward(h, cursor);
-    return head_conv->forward_cached(head_norm->forward(h, true), cursor);
+    return head_conv->forward_cached(h, cursor, head_norm->gamma);
 }
 
 Decoder3dImpl::Decoder3dImpl(const WanVAEConfig& config, const torch::TensorOptions& options) {
@@ -162,7 +162,7 @@ torch::Tensor Decoder3dImpl::forward(const torch::Tensor& x, CacheCursor& cursor
         h = layer->forward(h, cursor);
     for (auto& layer : upsamples)
         h = layer->forward(h, cursor);
-    return head_conv->forward_cached(head_norm->forward(h, true), cursor);
+    return head_conv->forward_cached(h, cursor, head_norm->gamma);
 }
 
 }  // namespace wan_vae

@@ -158,54 +158,78 @@ torch::Tensor conv(const torch::Tensor& x,
     return y.to(x.scalar_type());
 }
 
-torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& gamma, bool silu) {
+namespace {
+
+// Vectorisable inner loops (restrict: the compiler may not assume it otherwise, and then keeps them scalar).
+void accumulate_squares(float* __restrict acc, const float* __restrict row, int64_t n) {
+    for (int64_t i = 0; i < n; ++i)
+        acc[i] += row[i] * row[i];
+}
+
+void scale_row(float* __restrict out,
+               const float* __restrict row,
+               const float* __restrict inv,
+               float g,
+               int64_t n) {
+    for (int64_t i = 0; i < n; ++i)
+        out[i] = row[i] * inv[i] * g;
+}
+
+bool fused_norm_applies(const torch::Tensor& x, const torch::Tensor& gamma) {
+    return x.is_cpu() && x.scalar_type() == torch::kFloat && !needs_grad(x, gamma);
+}
+
+// The fused kernel: x contiguous fp32 [B, C, ...]; out has x's shape, positions contiguous within a channel,
+// any channel and batch strides (so it can be a slice of a larger buffer).
+void rms_norm_kernel(const torch::Tensor& x, const torch::Tensor& gamma, bool silu, torch::Tensor& out) {
     const int64_t c = x.size(1);
-    const double scale = std::sqrt(static_cast<double>(c));
-    const auto g = gamma.to(torch::kFloat);
-    const bool fused = x.is_cpu() && x.scalar_type() == torch::kFloat && !needs_grad(x, gamma);
-    if (!fused) {
-        // F.normalize: x / max(||x||_2, 1e-12) over channels; gamma broadcast as [1, C, 1, ...].
-        std::vector<int64_t> shape(x.dim(), 1);
-        shape[1] = c;
-        auto y = x / x.norm(2, {1}, true).clamp_min(1e-12) * scale * g.reshape(shape);
-        return silu ? torch::silu(y) : y;
-    }
-    const auto xc = x.contiguous();
-    const auto gc = g.contiguous();
-    auto y = torch::empty_like(xc);
-    const int64_t batch = xc.size(0);
-    const int64_t positions = c == 0 ? 0 : xc.numel() / (batch * c);
-    const float* xp = xc.data_ptr<float>();
-    const float* gp = gc.data_ptr<float>();
-    float* yp = y.data_ptr<float>();
-    const float fscale = static_cast<float>(scale);
+    const auto g = gamma.to(torch::kFloat).contiguous();
+    const int64_t batch = x.size(0);
+    const int64_t positions = c == 0 ? 0 : x.numel() / (batch * c);
+    const float* xp = x.data_ptr<float>();
+    const float* gp = g.data_ptr<float>();
+    float* op = out.data_ptr<float>();
+    const int64_t out_batch_stride = out.stride(0), out_channel_stride = out.stride(1);
+    const float scale = static_cast<float>(std::sqrt(static_cast<double>(c)));
     for (int64_t b = 0; b < batch; ++b) {
         const float* xb = xp + b * c * positions;
-        float* yb = yp + b * c * positions;
-        // Each task owns a run of positions and walks the channels over it: two contiguous passes, no
-        // strided reduction.
+        float* ob = op + b * out_batch_stride;
+        // Each task owns a run of positions and walks the channels over it in cache-sized blocks: contiguous
+        // passes only, no strided reduction.
         at::parallel_for(0, positions, 4096, [&](int64_t p0, int64_t p1) {
-            const int64_t n = p1 - p0;
-            std::vector<float> inv(static_cast<size_t>(n), 0.0f);
-            float* acc = inv.data();
-            for (int64_t ch = 0; ch < c; ++ch) {
-                const float* row = xb + ch * positions + p0;
+            constexpr int64_t kBlock = 1024;
+            float inv[kBlock];
+            for (int64_t p = p0; p < p1; p += kBlock) {
+                const int64_t n = std::min(kBlock, p1 - p);
+                std::fill(inv, inv + n, 0.0f);
+                for (int64_t ch = 0; ch < c; ++ch)
+                    accumulate_squares(inv, xb + ch * positions + p, n);
                 for (int64_t i = 0; i < n; ++i)
-                    acc[i] += row[i] * row[i];
-            }
-            for (int64_t i = 0; i < n; ++i)
-                acc[i] = fscale / std::max(std::sqrt(acc[i]), 1e-12f);
-            for (int64_t ch = 0; ch < c; ++ch) {
-                const float* row = xb + ch * positions + p0;
-                float* out = yb + ch * positions + p0;
-                const float gch = gp[ch];
-                for (int64_t i = 0; i < n; ++i)
-                    out[i] = row[i] * acc[i] * gch;
+                    inv[i] = scale / std::max(std::sqrt(inv[i]), 1e-12f);
+                for (int64_t ch = 0; ch < c; ++ch)
+                    scale_row(ob + ch * out_channel_stride + p, xb + ch * positions + p, inv, gp[ch], n);
             }
         });
     }
     if (silu)
-        at::silu_(y);
+        at::silu_(out);
+}
+
+}  // namespace
+
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& gamma, bool silu) {
+    const int64_t c = x.size(1);
+    if (!fused_norm_applies(x, gamma)) {
+        // F.normalize: x / max(||x||_2, 1e-12) over channels; gamma broadcast as [1, C, 1, ...].
+        std::vector<int64_t> shape(x.dim(), 1);
+        shape[1] = c;
+        const double scale = std::sqrt(static_cast<double>(c));
+        auto y = x / x.norm(2, {1}, true).clamp_min(1e-12) * scale * gamma.to(torch::kFloat).reshape(shape);
+        return silu ? torch::silu(y) : y;
+    }
+    const auto xc = x.contiguous();
+    auto y = torch::empty_like(xc);
+    rms_norm_kernel(xc, gamma, silu, y);
     return y;
 }
 
@@ -266,13 +290,38 @@ torch::Tensor CausalConv3dImpl::forward(const torch::Tensor& x, const torch::Ten
     return conv(input, weight, bias, {stride_[0], stride_[1], stride_[2]}, {0, padding_[1], padding_[2]});
 }
 
-torch::Tensor CausalConv3dImpl::forward_cached(const torch::Tensor& x, CacheCursor& cursor) {
+torch::Tensor CausalConv3dImpl::forward_cached(const torch::Tensor& x,
+                                               CacheCursor& cursor,
+                                               const torch::Tensor& norm_gamma) {
     const size_t slot = cursor.next();
     torch::Tensor& old = cursor.feat(slot);
-    auto keep = last_frames(x, 2).clone();
+    if (norm_gamma.defined() && fused_norm_applies(x, norm_gamma) && padding_[0] > 0) {
+        // Build the convolution's input in one buffer, [zero padding | cached frames | SiLU(norm(x))],
+        // writing the norm straight into it: this saves a full-size copy (the torch::cat) per convolution.
+        const int64_t front = 2 * padding_[0];
+        const int64_t cached = old.defined() ? std::min(old.size(2), front) : 0;
+        const int64_t zeros = front - cached;
+        auto sizes = x.sizes().vec();
+        const int64_t t = sizes[2];
+        sizes[2] = front + t;
+        auto buffer = torch::empty(sizes, x.options());
+        if (zeros > 0)
+            buffer.narrow(2, 0, zeros).zero_();
+        if (cached > 0)
+            buffer.narrow(2, zeros, cached).copy_(last_frames(old, cached));
+        auto normed = buffer.narrow(2, front, t);
+        rms_norm_kernel(x.contiguous(), norm_gamma, /*silu=*/true, normed);
+        // The official cache: the last 2 input frames, with the previous cache's last frame in front of a
+        // single frame (those sit right before it in the buffer); never the zero padding.
+        old = (t >= 2 || cached > 0 ? last_frames(buffer, 2) : normed).clone();
+        return conv(buffer, weight, bias, {stride_[0], stride_[1], stride_[2]},
+                    {0, padding_[1], padding_[2]});
+    }
+    const auto input = norm_gamma.defined() ? rms_norm(x, norm_gamma, true) : x;
+    auto keep = last_frames(input, 2).clone();
     if (keep.size(2) < 2 && old.defined())
         keep = torch::cat({last_frames(old, 1).to(keep.device()), keep}, 2);
-    auto y = forward(x, old);
+    auto y = forward(input, old);
     old = keep;
     return y;
 }
@@ -334,9 +383,9 @@ ResidualBlockImpl::ResidualBlockImpl(int64_t in, int64_t out, const torch::Tenso
 }
 
 torch::Tensor ResidualBlockImpl::forward(const torch::Tensor& x, CacheCursor& cursor) {
-    auto h = conv1->forward_cached(norm1->forward(x, true), cursor);
-    // Dropout(0) is the identity.
-    h = conv2->forward_cached(norm2->forward(h, true), cursor);
+    // Each conv reads SiLU(RMS_norm(.)), fused into its input buffer; Dropout(0) is the identity.
+    auto h = conv1->forward_cached(x, cursor, norm1->gamma);
+    h = conv2->forward_cached(h, cursor, norm2->gamma);
     return h + (shortcut ? shortcut->forward(x) : x);
 }
 

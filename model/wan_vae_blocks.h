@@ -103,7 +103,11 @@ class CausalConv3dImpl : public torch::nn::Module {
     torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cache = {});
     // The official cached call site: keeps the last 2 input frames (the previous chunk's last frame is kept
     // too when x has only 1 frame) in the next cache slot, and convolves with the slot's old content.
-    torch::Tensor forward_cached(const torch::Tensor& x, CacheCursor& cursor);
+    // With norm_gamma, the conv's input is SiLU(RMS_norm(x) * gamma) (the official norm-SiLU-conv sequence),
+    // computed straight into the convolution's padded input buffer.
+    torch::Tensor forward_cached(const torch::Tensor& x,
+                                 CacheCursor& cursor,
+                                 const torch::Tensor& norm_gamma = {});
     void reset_parameters();
 
     torch::Tensor weight;
