@@ -173,6 +173,17 @@ namespace {
 
 constexpr int64_t kSnapshotFormat = 1;
 
+// The slot number after a "feat." / "rep." prefix.
+int64_t slot_index(const std::string& name, size_t prefix, int64_t slots) {
+    const std::string digits = name.substr(prefix);
+    const bool ok = !digits.empty() && digits.size() < 8 &&
+                    std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; });
+    const int64_t i = ok ? std::stoll(digits) : -1;
+    TORCH_CHECK(i >= 0 && i < slots, "VAE state snapshot: '", name, "' does not name one of the ", slots,
+                " slots");
+    return i;
+}
+
 int64_t counter(const VaeStateSnapshot& s, const std::string& name) {
     const auto it = s.counters.find(name);
     TORCH_CHECK(it != s.counters.end(), "VAE state snapshot: counter '", name, "' is missing");
@@ -226,8 +237,7 @@ void VaeCodingState::restore_snapshot(const VaeStateSnapshot& s) {
     cache_.rep.assign(static_cast<size_t>(slots), 0);
     for (const auto& [name, tensor] : s.tensors) {
         TORCH_CHECK(name.rfind("feat.", 0) == 0, "VAE state snapshot: unexpected tensor '", name, "'");
-        const int64_t i = std::stoll(name.substr(5));
-        TORCH_CHECK(i >= 0 && i < slots, "VAE state snapshot: tensor '", name, "' beyond ", slots, " slots");
+        const int64_t i = slot_index(name, 5, slots);
         TORCH_CHECK(tensor.defined() && tensor.dim() == 5, "VAE state snapshot: tensor '", name,
                     "' is not 5-D");
         cache_.feats[static_cast<size_t>(i)] = tensor;
@@ -235,8 +245,7 @@ void VaeCodingState::restore_snapshot(const VaeStateSnapshot& s) {
     for (const auto& [name, value] : s.counters) {
         if (name.rfind("rep.", 0) != 0)
             continue;
-        const int64_t i = std::stoll(name.substr(4));
-        TORCH_CHECK(i >= 0 && i < slots, "VAE state snapshot: counter '", name, "' beyond ", slots, " slots");
+        const int64_t i = slot_index(name, 4, slots);
         cache_.rep[static_cast<size_t>(i)] = value != 0 ? 1 : 0;
     }
     frames_in_ = counter(s, "frames_in");
@@ -244,6 +253,8 @@ void VaeCodingState::restore_snapshot(const VaeStateSnapshot& s) {
     batch_ = counter(s, "batch");
     height_ = counter(s, "height");
     width_ = counter(s, "width");
+    TORCH_CHECK(frames_in_ >= 0 && (frames_in_ > 0) == (slots > 0), "VAE state snapshot: ", slots,
+                " cache slots do not fit ", frames_in_, " frames consumed");
 }
 
 VaeEncoderState VaeEncoderState::restore(const VaeStateSnapshot& snapshot) {

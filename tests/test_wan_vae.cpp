@@ -329,8 +329,14 @@ TEST_SUITE("wan_vae") {
         auto enc_restored = VaeEncoderState::restore(enc.snapshot());
         CHECK(enc_restored.frames_in() == 9);
 
-        // Snapshots of the other kind, or of a stream that does not fit, are refused.
+        // Snapshots of the other kind, malformed ones, or of a stream that does not fit, are refused.
         CHECK_THROWS(VaeEncoderState::restore(snap));
+        auto malformed = snap;
+        malformed.tensors.emplace_back("feat.x", torch::zeros({1, 1, 1, 1, 1}));
+        CHECK_THROWS(VaeDecoderState::restore(malformed));
+        malformed = snap;
+        malformed.counters.erase("frames_in");
+        CHECK_THROWS(VaeDecoderState::restore(malformed));
         VaeDecoderState bad = VaeDecoderState::restore(snap);
         CHECK_THROWS(g.vae->decode_chunk(bad, torch::zeros({1, g.config.z_dim, 1, 3, 3})));
         VaeDecoderState other;
