@@ -28,11 +28,21 @@ struct GenerateArgs {
     double shift = 0;
     std::string solver;
     std::string out = "out/sample.mp4";
+    std::string device = "cpu";
+    std::string dtype = "fp32";
 };
+
+torch::Device parse_device(const std::string& name) {
+    const torch::Device device(name);  // throws with LibTorch's message for a malformed name
+    if (device.is_cuda() && !torch::cuda::is_available())
+        throw std::invalid_argument("--device " + name + ": this LibTorch build or machine has no CUDA");
+    return device;
+}
 
 void run_generate(const GenerateArgs& a) {
     ModelConfig config = ModelConfig::load(a.model);
-    VideoModel model(config, a.weights);
+    if (a.dtype != "fp32" && a.dtype != "bf16") throw std::invalid_argument("--dtype must be fp32 or bf16");
+    VideoModel model(config, a.weights, parse_device(a.device), a.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32);
     GenerateRequest req;
     req.prompt = a.prompt;
     req.negative_prompt = a.negative_prompt;
@@ -92,6 +102,8 @@ void add_generate_command(CLI::App& app) {
     cmd->add_option("--shift", args->shift, "Sigma shift (default from the config)");
     cmd->add_option("--solver", args->solver, "unipc, euler or dpm++ (default from the config)");
     cmd->add_option("--out", args->out, "Output MP4 file")->capture_default_str();
+    cmd->add_option("--device", args->device, "cpu, cuda or cuda:N")->capture_default_str();
+    cmd->add_option("--dtype", args->dtype, "Weights' dtype: fp32 or bf16")->capture_default_str();
     cmd->callback([args] { run_generate(*args); });
 }
 

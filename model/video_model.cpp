@@ -69,7 +69,8 @@ struct VideoModel::Impl {
     }
 };
 
-VideoModel::VideoModel(const ModelConfig& config, const std::string& weights_dir, torch::Device device)
+VideoModel::VideoModel(const ModelConfig& config, const std::string& weights_dir, torch::Device device,
+                       torch::Dtype dtype)
     : impl_(std::make_unique<Impl>()) {
     Impl& m = *impl_;
     m.config = config;
@@ -103,7 +104,7 @@ VideoModel::VideoModel(const ModelConfig& config, const std::string& weights_dir
                                    static_cast<torch::nn::Module*>(m.dit.get()),
                                    static_cast<torch::nn::Module*>(m.vae.get())}) {
         net->eval();
-        net->to(device);
+        net->to(device, dtype);
         for (auto& p : net->parameters()) p.set_requires_grad(false);
     }
 }

@@ -38,9 +38,10 @@ class VideoModel {
 public:
     // weights_dir: folder the config's weight paths are relative to (empty: the config file's folder).
     // Networks whose weights the config leaves empty are initialised from a fixed seed when the config allows
-    // random weights, and an error otherwise.
-    VideoModel(const ModelConfig& config, const std::string& weights_dir = "",
-               torch::Device device = torch::kCPU);
+    // random weights, and an error otherwise. dtype: the weights' dtype (bf16 runs bf16 matmuls and convolutions
+    // with fp32 norms, residual stream and latents, as the official GPU inference does).
+    VideoModel(const ModelConfig& config, const std::string& weights_dir = "", torch::Device device = torch::kCPU,
+               torch::Dtype dtype = torch::kFloat32);
     ~VideoModel();
     VideoModel(const VideoModel&) = delete;
     VideoModel& operator=(const VideoModel&) = delete;
