@@ -32,12 +32,29 @@ torch::Dtype parse_dtype(const std::string& name) {
     throw std::invalid_argument("--dtype must be fp32 or bf16, not '" + name + "'");
 }
 
-void print_header(const ModelConfig& c, const BenchArgs& a, torch::Dtype dtype, double peak) {
-    std::printf("model            %s (%s)\n", c.name.c_str(), c.source_path.c_str());
+// What both benchmarks set up: the config, the dtype, the section's latent size, and the machine's peak.
+struct BenchSetup {
+    ModelConfig config;
+    torch::Dtype dtype;
+    int64_t width, height;  // pixels
+    int64_t h, w;           // latent
+    double peak;            // GFLOP/s of a 1024^3 matmul in dtype
+};
+
+BenchSetup setup(const BenchArgs& a) {
+    BenchSetup s{ModelConfig::load(a.model), parse_dtype(a.dtype), 0, 0, 0, 0, 0};
+    s.width = a.width ? a.width : s.config.width;
+    s.height = a.height ? a.height : s.config.height;
+    const int64_t sf = s.config.vae.spatial_factor();
+    s.h = s.height / sf;
+    s.w = s.width / sf;
+    s.peak = bench::matmul_peak_gflops(s.dtype);
+    std::printf("model            %s (%s)\n", s.config.name.c_str(), s.config.source_path.c_str());
     std::printf("threads          %d\n", torch::get_num_threads());
     std::printf("dtype            %s\n", a.dtype.c_str());
-    std::printf("matmul peak      %.1f GFLOP/s (1024^3 %s, best of 5)\n", peak, a.dtype.c_str());
-    (void)dtype;
+    std::printf("matmul peak      %.1f GFLOP/s (1024^3 %s, best of 5)\n", s.peak, a.dtype.c_str());
+    torch::manual_seed(0);
+    return s;
 }
 
 void print_result(const char* what, const bench::Timing& t, double flops, double peak) {
@@ -47,20 +64,14 @@ void print_result(const char* what, const bench::Timing& t, double flops, double
 }
 
 void bench_dit(const BenchArgs& a) {
-    const ModelConfig c = ModelConfig::load(a.model);
-    const torch::Dtype dtype = parse_dtype(a.dtype);
-    const int64_t width = a.width ? a.width : c.width;
-    const int64_t height = a.height ? a.height : c.height;
-    const int64_t sf = c.vae.spatial_factor();
-    const double peak = bench::matmul_peak_gflops(dtype);
-    print_header(c, a, dtype, peak);
-
-    torch::manual_seed(0);
+    const BenchSetup s = setup(a);
+    const ModelConfig& c = s.config;
+    const int64_t width = s.width, height = s.height, h = s.h, w = s.w;
+    const double peak = s.peak;
     WanDiT dit(c.dit);
     dit->eval();
-    dit->to(dtype);
+    dit->to(s.dtype);
     torch::InferenceMode guard;
-    const int64_t h = height / sf, w = width / sf;
     const auto x = torch::randn({c.dit.in_dim, a.latent_frames, h, w});
     const int64_t tokens = a.latent_frames * (h / c.dit.patch_size[1]) * (w / c.dit.patch_size[2]);
     const int64_t text_tokens = std::min<int64_t>(c.dit.text_len, 32);
@@ -81,20 +92,14 @@ void bench_dit(const BenchArgs& a) {
 }
 
 void bench_vae(const BenchArgs& a) {
-    const ModelConfig c = ModelConfig::load(a.model);
-    const torch::Dtype dtype = parse_dtype(a.dtype);
-    const int64_t width = a.width ? a.width : c.width;
-    const int64_t height = a.height ? a.height : c.height;
-    const int64_t sf = c.vae.spatial_factor();
-    const double peak = bench::matmul_peak_gflops(dtype);
-    print_header(c, a, dtype, peak);
-
-    torch::manual_seed(0);
+    const BenchSetup s = setup(a);
+    const ModelConfig& c = s.config;
+    const int64_t width = s.width, height = s.height, h = s.h, w = s.w;
+    const double peak = s.peak;
     WanVAE vae(c.vae);
     vae->eval();
-    vae->to(dtype);
+    vae->to(s.dtype);
     torch::InferenceMode guard;
-    const int64_t h = height / sf, w = width / sf;
     // A section in the middle of a stream: the decoder caches hold the previous section, the section's latent
     // frames each decode to 4 frames. (--first-section measures the stream's first section instead.)
     const auto warm = torch::randn({1, c.vae.z_dim, 1, h, w});
