@@ -131,9 +131,14 @@ void add_bench_command(CLI::App& app) {
         sub->add_option("--width", args->width, "Width in pixels (default from the config)");
         sub->add_option("--height", args->height, "Height in pixels (default from the config)");
         sub->add_option("--latent-frames", args->latent_frames, "Latent frames in the section")
-            ->capture_default_str();
-        sub->add_option("--repeats", args->repeats, "Timed runs (median reported)")->capture_default_str();
-        sub->add_option("--dtype", args->dtype, "fp32 or bf16")->capture_default_str();
+            ->capture_default_str()
+            ->check(CLI::Range(1, 1024));
+        sub->add_option("--repeats", args->repeats, "Timed runs (median reported)")
+            ->capture_default_str()
+            ->check(CLI::Range(1, 1000));
+        sub->add_option("--dtype", args->dtype, "fp32 or bf16")
+            ->capture_default_str()
+            ->check(CLI::IsMember({"fp32", "bf16"}));
     };
     CLI::App* dit = cmd->add_subcommand("dit", "Median time per DiT forward of one section");
     add_common(dit);

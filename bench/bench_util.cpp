@@ -5,6 +5,7 @@
 namespace memoreel::bench {
 
 Timing time_it(const std::function<void()>& fn, int repeats, int warmup) {
+    TORCH_CHECK(repeats >= 1, "time_it needs at least one timed run");
     for (int i = 0; i < warmup; ++i) fn();
     std::vector<double> ms;
     for (int i = 0; i < repeats; ++i) {

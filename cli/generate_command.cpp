@@ -41,8 +41,6 @@ torch::Device parse_device(const std::string& name) {
 
 void run_generate(const GenerateArgs& a) {
     ModelConfig config = ModelConfig::load(a.model);
-    if (a.dtype != "fp32" && a.dtype != "bf16") throw std::invalid_argument("--dtype must be fp32 or bf16");
-    VideoModel model(config, a.weights, parse_device(a.device), a.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32);
     GenerateRequest req;
     req.prompt = a.prompt;
     req.negative_prompt = a.negative_prompt;
@@ -55,7 +53,18 @@ void run_generate(const GenerateArgs& a) {
     if (a.shift > 0) req.shift = a.shift;
     if (!a.solver.empty()) req.solver = a.solver;
     const int64_t fps = a.fps ? a.fps : config.fps;
+    // Everything that can be checked is checked before the (possibly many-GB) model loads.
+    validate_request(config, req);
+    const torch::Device device = parse_device(a.device);
+    const auto parent = std::filesystem::path(a.out).parent_path();
+    if (!parent.empty()) std::filesystem::create_directories(parent);
+    VideoFileOptions opts;
+    opts.width = static_cast<int>(req.width);
+    opts.height = static_cast<int>(req.height);
+    opts.fps = static_cast<int>(fps);
+    VideoFileWriter writer(a.out, opts);  // opens the output now: a bad path fails before sampling
 
+    VideoModel model(config, a.weights, device, a.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32);
     const int64_t steps = req.steps.value_or(config.sampler.steps);
     spdlog::info("generating {} frames at {}x{} ({} fps) with {} ({} steps), seed {}", req.frames, req.width,
                  req.height, fps, config.name, steps, req.seed);
@@ -68,14 +77,7 @@ void run_generate(const GenerateArgs& a) {
         });
         bar.finish();
     }
-    const auto parent = std::filesystem::path(a.out).parent_path();
-    if (!parent.empty()) std::filesystem::create_directories(parent);
     const torch::Tensor rgb = video_to_rgb24(video);  // [T, H, W, 3] uint8
-    VideoFileOptions opts;
-    opts.width = static_cast<int>(rgb.size(2));
-    opts.height = static_cast<int>(rgb.size(1));
-    opts.fps = static_cast<int>(fps);
-    VideoFileWriter writer(a.out, opts);
     for (int64_t t = 0; t < rgb.size(0); ++t) writer.write_rgb(rgb[t].contiguous().data_ptr<uint8_t>());
     writer.finish();
     spdlog::info("wrote {} ({} frames, {}x{}, {} fps)", a.out, writer.frames_written(), opts.width, opts.height,
@@ -92,18 +94,27 @@ void add_generate_command(CLI::App& app) {
                     "Folder holding the weights named in the config (default: the config's folder)");
     cmd->add_option("--prompt", args->prompt, "Text prompt")->required();
     cmd->add_option("--negative-prompt", args->negative_prompt, "Negative prompt for classifier-free guidance");
-    cmd->add_option("--frames", args->frames, "Number of frames (1 + 4k; default from the config)");
-    cmd->add_option("--width", args->width, "Width in pixels (default from the config)");
-    cmd->add_option("--height", args->height, "Height in pixels (default from the config)");
-    cmd->add_option("--fps", args->fps, "Frames per second of the file (default from the config)");
+    cmd->add_option("--frames", args->frames, "Number of frames (1 + 4k; default from the config)")
+        ->check(CLI::Range(int64_t(1), int64_t(100000)));
+    cmd->add_option("--width", args->width, "Width in pixels (default from the config)")
+        ->check(CLI::Range(int64_t(1), int64_t(16384)));
+    cmd->add_option("--height", args->height, "Height in pixels (default from the config)")
+        ->check(CLI::Range(int64_t(1), int64_t(16384)));
+    cmd->add_option("--fps", args->fps, "Frames per second of the file (default from the config)")
+        ->check(CLI::Range(int64_t(1), int64_t(120)));
     cmd->add_option("--seed", args->seed, "Random seed")->capture_default_str();
-    cmd->add_option("--steps", args->steps, "Sampling steps (default from the config)");
-    cmd->add_option("--guidance", args->guidance, "Classifier-free guidance scale (default from the config)");
-    cmd->add_option("--shift", args->shift, "Sigma shift (default from the config)");
-    cmd->add_option("--solver", args->solver, "unipc, euler or dpm++ (default from the config)");
+    cmd->add_option("--steps", args->steps, "Sampling steps (default from the config)")
+        ->check(CLI::Range(int64_t(1), int64_t(1000)));
+    cmd->add_option("--guidance", args->guidance, "Classifier-free guidance scale (default from the config)")
+        ->check(CLI::NonNegativeNumber);
+    cmd->add_option("--shift", args->shift, "Sigma shift (default from the config)")->check(CLI::PositiveNumber);
+    cmd->add_option("--solver", args->solver, "unipc, euler or dpm++ (default from the config)")
+        ->check(CLI::IsMember({"unipc", "euler", "dpm++"}));
     cmd->add_option("--out", args->out, "Output MP4 file")->capture_default_str();
     cmd->add_option("--device", args->device, "cpu, cuda or cuda:N")->capture_default_str();
-    cmd->add_option("--dtype", args->dtype, "Weights' dtype: fp32 or bf16")->capture_default_str();
+    cmd->add_option("--dtype", args->dtype, "Weights' dtype: fp32 or bf16")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"fp32", "bf16"}));
     cmd->callback([args] { run_generate(*args); });
 }
 

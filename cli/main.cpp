@@ -15,8 +15,10 @@ int main(int argc, char** argv) {
     app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
     int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     std::string log_level = "info";
-    app.add_option("--threads", threads, "CPU threads for LibTorch")->capture_default_str();
-    app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
+    app.add_option("--threads", threads, "CPU threads for LibTorch")->capture_default_str()->check(CLI::Range(1, 1024));
+    app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
     app.parse_complete_callback([&] {
         spdlog::set_level(spdlog::level::from_str(log_level));
         // LibTorch defaults to 1 thread on these machines; this also sizes the pool its worker threads use.

@@ -69,7 +69,9 @@ TensorSource TensorSource::open(const std::string& path) {
     if (!fs::is_directory(path, ec)) return from_files({path}, path);
 
     std::vector<fs::path> indexes, shards;
-    for (const auto& entry : fs::directory_iterator(path)) {
+    fs::directory_iterator listing(path, ec);
+    if (ec) throw CheckpointError(path, "", "cannot list the folder: " + ec.message());
+    for (const auto& entry : listing) {
         const std::string name = entry.path().filename().string();
         if (ends_with(name, ".safetensors.index.json"))
             indexes.push_back(entry.path());

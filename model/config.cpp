@@ -24,10 +24,20 @@ public:
     void get(const char* field, T& out) {
         seen_.insert(field);
         if (!j_.contains(field)) return;
+        const auto& v = j_.at(field);
+        // nlohmann converts 33.9 to 33 and 1e300 to undefined behaviour; integers must be written as integers.
+        if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+            if (!v.is_number_integer()) fail(field, "must be an integer (is " + std::string(v.type_name()) + ")");
+        }
+        if constexpr (std::is_same_v<T, std::vector<int64_t>>) {
+            if (!v.is_array()) fail(field, "must be an array of integers");
+            for (const auto& e : v)
+                if (!e.is_number_integer()) fail(field, "must be an array of integers");
+        }
         try {
-            out = j_.at(field).get<T>();
+            out = v.get<T>();
         } catch (const nlohmann::json::exception&) {
-            fail(field, "has the wrong type (" + std::string(j_.at(field).type_name()) + ")");
+            fail(field, "has the wrong type (" + std::string(v.type_name()) + ")");
         }
     }
     // Fields that are read elsewhere (nested sections) or accepted for compatibility with official files.
@@ -51,6 +61,11 @@ private:
 void require(bool ok, const std::string& where, const std::string& what) {
     if (!ok) throw CheckpointError(where, "", what);
 }
+
+// Bounds that keep every derived size (products, shifts) far from overflow; real models are well inside them.
+constexpr int64_t kMaxWidth = 1 << 20;
+constexpr int64_t kMaxLayers = 1000;
+constexpr size_t kMaxVaeLevels = 8;
 
 }  // namespace
 
@@ -95,16 +110,19 @@ void WanDiTConfig::validate(const std::string& where) const {
     const std::string p = "dit: ";
     require(model_type == "t2v" || model_type == "i2v" || model_type == "ti2v", where,
             p + "model_type must be t2v, i2v or ti2v, not '" + model_type + "'");
-    for (auto v : patch_size) require(v >= 1, where, p + "patch_size entries must be >= 1");
-    require(dim > 0 && ffn_dim > 0 && in_dim > 0 && out_dim > 0 && text_dim > 0 && text_len > 0, where,
-            p + "dim, ffn_dim, in_dim, out_dim, text_dim and text_len must be positive");
+    for (auto v : patch_size) require(v >= 1 && v <= 64, where, p + "patch_size entries must be in [1, 64]");
+    for (int64_t v : {dim, ffn_dim, in_dim, out_dim, text_dim, text_len, freq_dim})
+        require(v > 0 && v <= kMaxWidth, where,
+                p + "dim, ffn_dim, in_dim, out_dim, text_dim, text_len and freq_dim must be in [1, " +
+                    std::to_string(kMaxWidth) + "]");
     require(num_heads > 0 && dim % num_heads == 0, where,
             p + "dim (" + std::to_string(dim) + ") must be divisible by num_heads (" + std::to_string(num_heads) + ")");
     require(head_dim() % 2 == 0 && head_dim() >= 12, where,
             p + "head_dim = dim/num_heads must be even and >= 12 so each RoPE axis gets a frequency (is " +
                 std::to_string(head_dim()) + ")");
     require(freq_dim > 0 && freq_dim % 2 == 0, where, p + "freq_dim must be positive and even");
-    require(num_layers >= 1, where, p + "num_layers must be >= 1");
+    require(num_layers >= 1 && num_layers <= kMaxLayers, where,
+            p + "num_layers must be in [1, " + std::to_string(kMaxLayers) + "]");
     require(eps > 0, where, p + "eps must be positive");
 }
 
@@ -193,12 +211,14 @@ nlohmann::json WanVAEConfig::to_json() const {
 void WanVAEConfig::validate(const std::string& where) const {
     const std::string p = "vae: ";
     require(version == "2.1" || version == "2.2", where, p + "version must be \"2.1\" or \"2.2\"");
-    require(dim > 0 && dec_dim > 0 && z_dim > 0, where, p + "dim, dec_dim and z_dim must be positive");
-    require(!dim_mult.empty(), where, p + "dim_mult must not be empty");
-    for (auto m : dim_mult) require(m > 0, where, p + "dim_mult entries must be positive");
+    for (int64_t v : {dim, dec_dim, z_dim})
+        require(v > 0 && v <= kMaxWidth, where, p + "dim, dec_dim and z_dim must be in [1, " + std::to_string(kMaxWidth) + "]");
+    require(!dim_mult.empty() && dim_mult.size() <= kMaxVaeLevels, where,
+            p + "dim_mult must have 1 to " + std::to_string(kMaxVaeLevels) + " entries");
+    for (auto m : dim_mult) require(m > 0 && m <= 64, where, p + "dim_mult entries must be in [1, 64]");
     require(temperal_downsample.size() + 1 == dim_mult.size(), where,
             p + "temperal_downsample needs one entry fewer than dim_mult");
-    require(num_res_blocks >= 1, where, p + "num_res_blocks must be >= 1");
+    require(num_res_blocks >= 1 && num_res_blocks <= 16, where, p + "num_res_blocks must be in [1, 16]");
     require(mean.empty() || static_cast<int64_t>(mean.size()) == z_dim, where,
             p + "mean must have z_dim (" + std::to_string(z_dim) + ") entries, has " + std::to_string(mean.size()));
     require(std.size() == mean.size(), where, p + "std must have as many entries as mean");
@@ -235,12 +255,17 @@ nlohmann::json UMT5Config::to_json() const {
 
 void UMT5Config::validate(const std::string& where) const {
     const std::string p = "text_encoder: ";
-    require(vocab > 2 && dim > 0 && dim_ffn > 0 && num_layers >= 1, where,
-            p + "vocab, dim, dim_ffn and num_layers must be positive (vocab > 2)");
+    require(vocab > 2 && vocab <= (int64_t(1) << 24), where, p + "vocab must be in [3, 2^24]");
+    for (int64_t v : {dim, dim_attn, dim_ffn})
+        require(v > 0 && v <= kMaxWidth, where, p + "dim, dim_attn and dim_ffn must be in [1, " + std::to_string(kMaxWidth) + "]");
+    require(num_layers >= 1 && num_layers <= kMaxLayers, where,
+            p + "num_layers must be in [1, " + std::to_string(kMaxLayers) + "]");
     require(num_heads > 0 && dim_attn % num_heads == 0, where, p + "dim_attn must be divisible by num_heads");
-    require(num_buckets >= 4 && num_buckets % 2 == 0, where, p + "num_buckets must be even and >= 4");
-    require(max_distance > num_buckets / 4, where, p + "max_distance must exceed num_buckets/4");
-    require(text_len >= 2, where, p + "text_len must be >= 2");
+    require(num_buckets >= 4 && num_buckets <= 1024 && num_buckets % 2 == 0, where,
+            p + "num_buckets must be even and in [4, 1024]");
+    require(max_distance > num_buckets / 4 && max_distance <= kMaxWidth, where,
+            p + "max_distance must exceed num_buckets/4");
+    require(text_len >= 2 && text_len <= 65536, where, p + "text_len must be in [2, 65536]");
 }
 
 // ---------------------------------------------------------------------------------------------- sampler
@@ -346,12 +371,15 @@ void ModelConfig::validate() const {
     require(dit.text_dim == text_encoder.dim, where,
             "dit.text_dim (" + std::to_string(dit.text_dim) + ") must equal text_encoder.dim (" +
                 std::to_string(text_encoder.dim) + ")");
-    const int64_t grid = vae.spatial_factor() * dit.patch_size[1];
-    require(width > 0 && height > 0 && width % grid == 0 && height % grid == 0, where,
-            "video width and height must be positive multiples of " + std::to_string(grid) +
-                " (VAE factor x DiT patch)");
+    const int64_t grid_h = vae.spatial_factor() * dit.patch_size[1];
+    const int64_t grid_w = vae.spatial_factor() * dit.patch_size[2];
+    require(width > 0 && height > 0 && width <= 16384 && height <= 16384 && width % grid_w == 0 &&
+                height % grid_h == 0,
+            where,
+            "video width and height must be positive multiples of " + std::to_string(grid_w) + " and " +
+                std::to_string(grid_h) + " (VAE factor x DiT patch), at most 16384");
     require(fps > 0 && fps <= 120, where, "video fps must be in [1, 120]");
-    require(frames >= 1 && (frames - 1) % vae.temporal_factor() == 0, where,
+    require(frames >= 1 && frames <= 100000 && (frames - 1) % vae.temporal_factor() == 0, where,
             "video frames must be 1 + a multiple of " + std::to_string(vae.temporal_factor()));
 }
 

@@ -49,6 +49,11 @@ void LinearImpl::detach_lora() {
     lora_scale_ = 0.0;
 }
 
+void LinearImpl::set_lora_scale(double scale) {
+    TORCH_CHECK(!lora_merged_, "cannot change the scale of a merged LoRA adapter; unmerge it first");
+    lora_scale_ = scale;
+}
+
 void LinearImpl::merge_lora() {
     TORCH_CHECK(has_lora(), "no LoRA adapter to merge");
     if (lora_merged_) return;

@@ -24,8 +24,10 @@ public:
     bool has_lora() const { return lora_down.defined(); }
     int64_t lora_rank() const { return has_lora() ? lora_down.size(0) : 0; }
     double lora_scale() const { return lora_scale_; }
-    void set_lora_scale(double scale) { lora_scale_ = scale; }
-    // W += scale * B A (the adapter is then skipped in forward); unmerge subtracts it again.
+    // Not while merged: unmerge must subtract exactly what merge added.
+    void set_lora_scale(double scale);
+    // W += scale * B A (the adapter is then skipped in forward); unmerge subtracts it again. With fp32 weights
+    // the round trip restores them to within one rounding; with bf16 weights the two roundings are visible.
     void merge_lora();
     void unmerge_lora();
     bool lora_merged() const { return lora_merged_; }

@@ -1,5 +1,8 @@
 #include "model/lora.h"
 
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <map>
 
 #include "model/checkpoint.h"
@@ -76,7 +79,9 @@ void save_lora(const std::string& path, const torch::nn::Module& network) {
     std::map<std::string, std::string> meta{{"format", "memoreel-lora"}};
     for (auto& [name, linear] : linear_layers(network)) {
         if (!linear->has_lora()) continue;
-        meta["alpha." + name] = std::to_string(linear->lora_scale() * linear->lora_rank());
+        char buf[32];
+        std::snprintf(buf, sizeof(buf), "%.17g", linear->lora_scale() * static_cast<double>(linear->lora_rank()));
+        meta["alpha." + name] = buf;
     }
     save_tensors(path, params, meta);
 }
@@ -102,39 +107,58 @@ void load_lora(const std::string& path, torch::nn::Module& network, double stren
     }
     std::map<std::string, LinearImpl*> layers;
     for (auto& [name, linear] : linear_layers(network)) layers[name] = linear;
-    torch::NoGradGuard no_grad;
+
+    // Everything is checked before anything is changed, so a bad file leaves the network as it was.
+    struct Planned {
+        LinearImpl* linear;
+        torch::Tensor down, up;
+        double alpha;
+    };
+    std::vector<Planned> plan;
     for (const auto& [layer, a] : adapters) {
-        const std::string& any = a.down_name.empty() ? a.up_name : a.down_name;
+        const std::string& any = !a.down_name.empty() ? a.down_name : !a.up_name.empty() ? a.up_name : a.alpha_name;
+        const std::string& file = src.file_of(any);
         if (a.down_name.empty() || a.up_name.empty())
-            throw CheckpointError(src.file_of(any), any, "has no matching " +
-                                                             std::string(a.down_name.empty() ? "down (A)" : "up (B)") +
-                                                             " tensor");
+            throw CheckpointError(file, any,
+                                  "has no matching " + std::string(a.down_name.empty() ? "down (A)" : "up (B)") +
+                                      " tensor");
         auto it = layers.find(layer);
-        if (it == layers.end())
-            throw CheckpointError(src.file_of(any), any, "the network has no linear layer '" + layer + "'");
+        if (it == layers.end()) throw CheckpointError(file, any, "the network has no linear layer '" + layer + "'");
         LinearImpl& linear = *it->second;
         const torch::Tensor down = src.get(a.down_name);
         const torch::Tensor up = src.get(a.up_name);
-        const int64_t rank = down.size(0);
-        if (down.dim() != 2 || up.dim() != 2 || down.size(1) != linear.in_features() ||
-            up.size(0) != linear.out_features() || up.size(1) != rank)
-            throw CheckpointError(src.file_of(a.down_name), a.down_name,
+        if (down.dim() != 2 || up.dim() != 2 || down.size(0) < 1 || down.size(1) != linear.in_features() ||
+            up.size(0) != linear.out_features() || up.size(1) != down.size(0) || !down.is_floating_point() ||
+            !up.is_floating_point())
+            throw CheckpointError(file, a.down_name,
                                   "adapter shapes do not fit layer '" + layer + "' [" +
                                       std::to_string(linear.out_features()) + "x" +
                                       std::to_string(linear.in_features()) + "]");
-        double alpha = static_cast<double>(rank);  // PEFT default when no alpha is stored
+        const int64_t rank = down.size(0);
+        double alpha = static_cast<double>(rank);  // PEFT's default when no alpha is stored
         if (!a.alpha_name.empty()) {
-            alpha = src.get(a.alpha_name).to(torch::kFloat64).item<double>();
+            const torch::Tensor t = src.get(a.alpha_name);
+            if (t.numel() != 1) throw CheckpointError(file, a.alpha_name, "alpha must hold one number");
+            alpha = t.to(torch::kFloat64).item<double>();
         } else if (auto m = src.metadata().find("alpha." + layer); m != src.metadata().end()) {
-            alpha = std::stod(m->second);
+            char* end = nullptr;
+            alpha = std::strtod(m->second.c_str(), &end);
+            if (end == m->second.c_str() || *end != '\0')
+                throw CheckpointError(file, any, "metadata alpha '" + m->second + "' is not a number");
         }
+        if (!std::isfinite(alpha)) throw CheckpointError(file, any, "alpha is not finite");
         if (linear.has_lora() && (linear.lora_merged() || linear.lora_rank() != rank))
-            throw CheckpointError(src.file_of(a.down_name), a.down_name,
+            throw CheckpointError(file, a.down_name,
                                   "layer '" + layer + "' already holds a merged or differently sized adapter");
-        if (!linear.has_lora()) linear.attach_lora(rank, alpha);
-        linear.lora_down.copy_(down);
-        linear.lora_up.copy_(up);
-        linear.set_lora_scale(strength * alpha / static_cast<double>(rank));
+        plan.push_back({&linear, down, up, alpha});
+    }
+    torch::NoGradGuard no_grad;
+    for (auto& p : plan) {
+        const int64_t rank = p.down.size(0);
+        if (!p.linear->has_lora()) p.linear->attach_lora(rank, p.alpha);
+        p.linear->lora_down.copy_(p.down);
+        p.linear->lora_up.copy_(p.up);
+        p.linear->set_lora_scale(strength * p.alpha / static_cast<double>(rank));
     }
 }
 

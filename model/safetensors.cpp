@@ -173,16 +173,17 @@ void SafetensorsFile::parse_header(std::string_view header) {
                                       std::to_string(info.nbytes()));
         tensors_.push_back(std::move(info));
     }
-    // Overlap check: sort by offset, and each tensor must end before the next begins.
+    // Overlap check: in offset order, each non-empty tensor must begin at or after the furthest end seen so far.
     std::vector<const TensorInfo*> by_offset;
-    for (const auto& t : tensors_) by_offset.push_back(&t);
+    for (const auto& t : tensors_)
+        if (t.nbytes() > 0) by_offset.push_back(&t);
     std::sort(by_offset.begin(), by_offset.end(),
               [](const TensorInfo* a, const TensorInfo* b) { return a->begin < b->begin; });
-    for (size_t i = 1; i < by_offset.size(); ++i) {
-        if (by_offset[i]->begin < by_offset[i - 1]->end && by_offset[i]->nbytes() > 0 &&
-            by_offset[i - 1]->nbytes() > 0)
-            throw CheckpointError(path_, by_offset[i]->name,
-                                  "data overlaps tensor '" + by_offset[i - 1]->name + "'");
+    const TensorInfo* furthest = nullptr;
+    for (const TensorInfo* t : by_offset) {
+        if (furthest && t->begin < furthest->end)
+            throw CheckpointError(path_, t->name, "data overlaps tensor '" + furthest->name + "'");
+        if (!furthest || t->end > furthest->end) furthest = t;
     }
     std::sort(tensors_.begin(), tensors_.end(),
               [](const TensorInfo& a, const TensorInfo& b) { return a.name < b.name; });
@@ -224,23 +225,14 @@ void write_safetensors(const std::string& path, std::vector<TensorBytes> tensors
     }
     std::string text = header.dump();
     while (text.size() % 8 != 0) text.push_back(' ');
-    const std::string tmp = path + ".tmp";
-    {
-        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-        if (!out) throw CheckpointError(path, "", "cannot open for writing: " + tmp);
+    write_file_atomic(path, [&](std::ostream& out) {
         uint8_t len[8];
-        uint64_t n = text.size();
+        const uint64_t n = text.size();
         for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(n >> (8 * i));
         out.write(reinterpret_cast<const char*>(len), 8);
         out.write(text.data(), static_cast<std::streamsize>(text.size()));
-        for (const auto& t : tensors)
-            out.write(static_cast<const char*>(t.data), static_cast<std::streamsize>(t.nbytes));
-        out.flush();
-        if (!out) throw CheckpointError(path, "", "write failed (disk full?)");
-    }
-    sync_file(tmp);
-    if (std::rename(tmp.c_str(), path.c_str()) != 0)
-        throw CheckpointError(path, "", std::string("cannot rename into place: ") + std::strerror(errno));
+        for (const auto& t : tensors) out.write(static_cast<const char*>(t.data), static_cast<std::streamsize>(t.nbytes));
+    });
 }
 
 }  // namespace memoreel

@@ -133,15 +133,9 @@ torch::Tensor VideoModel::encode_prompt(const std::string& text) {
 torch::Tensor VideoModel::sample_latents(const GenerateRequest& req, const StepCallback& on_step) {
     Impl& m = *impl_;
     const ModelConfig& c = m.config;
+    validate_request(c, req);
     const int64_t sf = c.vae.spatial_factor();
     const int64_t tf = c.vae.temporal_factor();
-    if (req.frames < 1 || (req.frames - 1) % tf != 0)
-        throw std::invalid_argument("frames must be 1 + a multiple of " + std::to_string(tf) + ", got " +
-                                    std::to_string(req.frames));
-    const int64_t grid = sf * c.dit.patch_size[1];
-    if (req.width <= 0 || req.height <= 0 || req.width % grid || req.height % grid)
-        throw std::invalid_argument("width and height must be positive multiples of " + std::to_string(grid) +
-                                    ", got " + std::to_string(req.width) + "x" + std::to_string(req.height));
 
     const int64_t steps = req.steps.value_or(c.sampler.steps);
     const double shift = req.shift.value_or(c.sampler.shift);
@@ -190,6 +184,21 @@ torch::Tensor VideoModel::decode(const torch::Tensor& latents) {
 
 torch::Tensor VideoModel::generate(const GenerateRequest& request, const StepCallback& on_step) {
     return decode(sample_latents(request, on_step));
+}
+
+void validate_request(const ModelConfig& c, const GenerateRequest& req) {
+    const int64_t tf = c.vae.temporal_factor();
+    if (req.frames < 1 || (req.frames - 1) % tf != 0)
+        throw std::invalid_argument("frames must be 1 + a multiple of " + std::to_string(tf) + ", got " +
+                                    std::to_string(req.frames));
+    const int64_t gh = c.vae.spatial_factor() * c.dit.patch_size[1];
+    const int64_t gw = c.vae.spatial_factor() * c.dit.patch_size[2];
+    if (req.width <= 0 || req.height <= 0 || req.width % gw || req.height % gh)
+        throw std::invalid_argument("width and height must be positive multiples of " + std::to_string(gw) +
+                                    " and " + std::to_string(gh) + ", got " + std::to_string(req.width) + "x" +
+                                    std::to_string(req.height));
+    if ((((req.frames - 1) / tf) + 1) % c.dit.patch_size[0] != 0)
+        throw std::invalid_argument("the latent frame count must be a multiple of the DiT's temporal patch");
 }
 
 torch::Tensor video_to_rgb24(const torch::Tensor& video) {

@@ -68,6 +68,10 @@ private:
     std::unique_ptr<Impl> impl_;
 };
 
+// Checks a request's geometry against the model (frames 1 + 4k, sizes multiples of the VAE factor x patch) with
+// std::invalid_argument naming the problem. sample_latents() calls it; callers may call it before loading a model.
+void validate_request(const ModelConfig& config, const GenerateRequest& request);
+
 // [3, T, H, W] in [-1, 1] -> [T, H, W, 3] uint8 (rounded), ready for a video encoder.
 torch::Tensor video_to_rgb24(const torch::Tensor& video);
 

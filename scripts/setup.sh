@@ -14,8 +14,15 @@ PACKAGES=(
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev ffmpeg
 )
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+  if ! command -v sudo >/dev/null; then
+    echo "[setup] not root and no sudo: run this script as root once to install the packages" >&2
+    exit 1
+  fi
+  # -n: never wait for a password on a machine without a terminal (CI); fail with sudo's message instead.
+  SUDO=(sudo -n)
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -23,18 +30,19 @@ for p in "${PACKAGES[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "[setup] installing ${#missing[@]} Debian packages: ${missing[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 # The BLAS trap: the default libblas.so.3 is the reference BLAS (~6 GFLOP/s fp32). OpenBLAS-openmp shares
 # LibTorch's OpenMP pool (the pthread variant's own spinning threads fight it).
+MULTIARCH=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -print-multiarch)
 for lib in libblas.so.3 liblapack.so.3; do
-  target=/usr/lib/x86_64-linux-gnu/openblas-openmp/$lib
-  current=$(update-alternatives --query "$lib-x86_64-linux-gnu" 2>/dev/null | sed -n 's/^Value: //p')
+  target=/usr/lib/$MULTIARCH/openblas-openmp/$lib
+  current=$(update-alternatives --query "$lib-$MULTIARCH" 2>/dev/null | sed -n 's/^Value: //p')
   if [ "$current" != "$target" ]; then
     echo "[setup] selecting $target"
-    $SUDO update-alternatives --set "$lib-x86_64-linux-gnu" "$target" >/dev/null
+    "${SUDO[@]}" update-alternatives --set "$lib-$MULTIARCH" "$target" >/dev/null
   fi
 done
 

@@ -7,7 +7,11 @@ extern "C" {
 #include <libswscale/swscale.h>
 }
 
+#include <sys/stat.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <stdexcept>
 
 namespace memoreel {
@@ -77,6 +81,9 @@ VideoFileWriter::VideoFileWriter(const std::string& path, const VideoFileOptions
         throw std::runtime_error(path + ": width and height must be positive and even for H.264 (got " +
                                  std::to_string(options.width) + "x" + std::to_string(options.height) + ")");
     if (options.fps <= 0) throw std::runtime_error(path + ": fps must be positive");
+    struct stat st {};
+    if (path.empty() || path.back() == '/' || (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)))
+        throw std::runtime_error(path + ": is a folder, not a file name");
     m.tmp_path = path + ".part";
     check(avformat_alloc_output_context2(&m.format, nullptr, "mp4", m.tmp_path.c_str()), path,
           "creating the MP4 muxer");
@@ -137,7 +144,7 @@ void VideoFileWriter::finish() {
     check(av_write_trailer(m.format), m.path, "writing the MP4 trailer");
     avio_closep(&m.format->pb);
     if (std::rename(m.tmp_path.c_str(), m.path.c_str()) != 0)
-        throw std::runtime_error(m.path + ": cannot move the finished file into place");
+        throw std::runtime_error(m.path + ": cannot move the finished file into place: " + std::strerror(errno));
     m.finished = true;
 }
 

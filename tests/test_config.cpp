@@ -62,7 +62,7 @@ TEST_SUITE("config") {
               std::string::npos);
         CHECK(error_after([](auto& j) { j["dit"]["dimm"] = 3; }).find("field 'dit.dimm': unknown field") !=
               std::string::npos);
-        CHECK(error_after([](auto& j) { j["dit"]["dim"] = "wide"; }).find("field 'dit.dim': has the wrong type") !=
+        CHECK(error_after([](auto& j) { j["dit"]["dim"] = "wide"; }).find("field 'dit.dim': must be an integer") !=
               std::string::npos);
         CHECK(error_after([](auto& j) { j["dit"]["in_dim"] = 48; }).find("must equal vae.z_dim") !=
               std::string::npos);
@@ -75,6 +75,19 @@ TEST_SUITE("config") {
               std::string::npos);
         CHECK(error_after([](auto& j) { j.erase("dit"); }).find("field 'dit': is required") != std::string::npos);
         CHECK(error_after([](auto& j) { j["dit"]["num_heads"] = 32; }).find("head_dim") != std::string::npos);
+        CHECK(error_after([](auto& j) { j["video"]["frames"] = 33.9; }).find("must be an integer") !=
+              std::string::npos);
+        CHECK(error_after([](auto& j) { j["dit"]["dim"] = 1e300; }).find("must be an integer") != std::string::npos);
+        // Sizes that would overflow derived factors (and divide by zero) are refused up front.
+        CHECK(error_after([](auto& j) {
+                  j["vae"]["dim_mult"] = std::vector<int>(64, 1);
+                  j["vae"]["temperal_downsample"] = std::vector<bool>(63, true);
+              }).find("dim_mult must have 1 to 8 entries") != std::string::npos);
+        CHECK(error_after([](auto& j) { j["dit"]["patch_size"] = {1, int64_t(1) << 62, int64_t(1) << 62}; })
+                  .find("patch_size entries must be in [1, 64]") != std::string::npos);
+        CHECK(error_after([](auto& j) { j["text_encoder"]["dim_attn"] = -4; }).find("dim_attn") != std::string::npos);
+        CHECK(error_after([](auto& j) { j["dit"]["num_layers"] = 1000000; }).find("num_layers must be in") !=
+              std::string::npos);
     }
 
     TEST_CASE("a config that is not JSON, or absent") {

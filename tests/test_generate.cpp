@@ -73,5 +73,21 @@ TEST_SUITE("generate") {
         CHECK(r.status != 0);
         CHECK(r.output.find("nope.json") != std::string::npos);
         CHECK(!std::filesystem::exists(dir.file("x.mp4")));
+        // Command-line values outside their range are refused by the parser, before anything loads.
+        for (const std::string bad : {"--guidance -3", "--shift -1", "--fps 4294967320", "--solver ddim",
+                                      "--dtype fp8"}) {
+            r = run(generate_cmd(bad + " --out '" + dir.file("x.mp4") + "'"));
+            CHECK_MESSAGE(r.status != 0, bad);
+            CHECK_MESSAGE(r.output.find(bad.substr(0, bad.find(' '))) != std::string::npos, bad << ": " << r.output);
+        }
+        r = run(generate_cmd("--frames 5 --out '" + dir.file("no/such/dir/") + "'"));
+        CHECK(r.status != 0);
+        CHECK(r.output.find("sampling") == std::string::npos);  // failed before any sampling
+        r = run("'" + memoreel::test::memoreel_binary() + "' --log-level verbose generate --prompt x");
+        CHECK(r.status != 0);
+        CHECK(r.output.find("--log-level") != std::string::npos);
+        r = run("'" + memoreel::test::memoreel_binary() + "' bench dit --repeats 0");
+        CHECK(r.status != 0);
+        CHECK(r.output.find("--repeats") != std::string::npos);
     }
 }

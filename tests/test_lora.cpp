@@ -143,4 +143,38 @@ TEST_SUITE("lora") {
         CHECK_THROWS_WITH_AS(load_lora(dir.file("half.safetensors"), other), doctest::Contains("no matching up"),
                              CheckpointError);
     }
+
+    TEST_CASE("a file with one bad adapter changes nothing; bad alphas are clear errors") {
+        TempDir dir;
+        ToyNet net;
+        save_tensors(dir.file("partly.safetensors"), {{"head.lora_down", torch::ones({2, 8})},
+                                                      {"head.lora_up", torch::ones({3, 2})},
+                                                      {"blocks.0.q.lora_down", torch::ones({2, 5})},
+                                                      {"blocks.0.q.lora_up", torch::ones({8, 2})}});
+        CHECK_THROWS_AS(load_lora(dir.file("partly.safetensors"), net), CheckpointError);
+        CHECK(lora_parameters(net).empty());  // head got no adapter although its tensors were fine
+
+        save_tensors(dir.file("scalar.safetensors"), {{"head.lora_down", torch::tensor(1.0f)},
+                                                      {"head.lora_up", torch::ones({3, 2})}});
+        CHECK_THROWS_WITH_AS(load_lora(dir.file("scalar.safetensors"), net), doctest::Contains("do not fit"),
+                             CheckpointError);
+        save_tensors(dir.file("alpha.safetensors"), {{"head.lora_down", torch::ones({2, 8})},
+                                                     {"head.lora_up", torch::ones({3, 2})}},
+                     {{"alpha.head", "abc"}});
+        CHECK_THROWS_WITH_AS(load_lora(dir.file("alpha.safetensors"), net), doctest::Contains("not a number"),
+                             CheckpointError);
+        save_tensors(dir.file("alone.safetensors"), {{"head.alpha", torch::tensor(4.0f)}});
+        CHECK_THROWS_WITH_AS(load_lora(dir.file("alone.safetensors"), net), doctest::Contains("head.alpha"),
+                             CheckpointError);
+    }
+
+    TEST_CASE("the scale of a merged adapter cannot change") {
+        ToyNet net;
+        attach_lora(net, {2, 2.0, {}});
+        merge_lora(net);
+        CHECK_THROWS(net.head->set_lora_scale(3.0));
+        unmerge_lora(net);
+        net.head->set_lora_scale(3.0);
+        CHECK(net.head->lora_scale() == 3.0);
+    }
 }

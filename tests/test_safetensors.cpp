@@ -139,6 +139,31 @@ TEST_SUITE("safetensors") {
         CHECK(contains(msg, "'b'"));
     }
 
+    TEST_CASE("an overlap hidden behind an empty tensor is still found") {
+        TempDir dir;
+        const auto p = dir.file("overlap2.safetensors");
+        write_raw(p,
+                  R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                      "z": {"dtype": "F32", "shape": [0], "data_offsets": [4, 4]},
+                      "c": {"dtype": "F32", "shape": [1], "data_offsets": [6, 10]}})",
+                  12);
+        const auto msg = open_error(p);
+        CHECK(contains(msg, "tensor 'c'"));
+        CHECK(contains(msg, "overlaps tensor 'a'"));
+    }
+
+    TEST_CASE("a failed write leaves the old file and no temporary behind") {
+        TempDir dir;
+        save_tensors(dir.file("w.safetensors"), {{"x", torch::ones({2})}});
+        CHECK_THROWS_AS(write_file_atomic(dir.file("w.safetensors"),
+                                          [](std::ostream&) { throw CheckpointError("w", "", "simulated failure"); }),
+                        CheckpointError);
+        CHECK(torch::equal(TensorSource::open(dir.file("w.safetensors")).get("x"), torch::ones({2})));
+        int files = 0;
+        for (auto& e : std::filesystem::directory_iterator(dir.path())) files += e.is_regular_file();
+        CHECK(files == 1);
+    }
+
     TEST_CASE("an unknown dtype") {
         TempDir dir;
         const auto p = dir.file("dtype.safetensors");
