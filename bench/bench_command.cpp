@@ -1,7 +1,7 @@
-// `memoreel bench dit|vae`: median time of one DiT forward / one VAE decode for one section at a configuration and
-// resolution, with achieved GFLOP/s against this machine's measured matmul peak.
-#include <CLI/CLI.hpp>
+// `memoreel bench dit|vae`: median time of one DiT forward / one VAE decode for one section at a
+// configuration and resolution, with achieved GFLOP/s against this machine's measured matmul peak.
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
 
 #include <cstdio>
 
@@ -27,8 +27,10 @@ struct BenchArgs {
 };
 
 torch::Dtype parse_dtype(const std::string& name) {
-    if (name == "fp32") return torch::kFloat32;
-    if (name == "bf16") return torch::kBFloat16;
+    if (name == "fp32")
+        return torch::kFloat32;
+    if (name == "bf16")
+        return torch::kBFloat16;
     throw std::invalid_argument("--dtype must be fp32 or bf16, not '" + name + "'");
 }
 
@@ -59,8 +61,9 @@ BenchSetup setup(const BenchArgs& a) {
 
 void print_result(const char* what, const bench::Timing& t, double flops, double peak) {
     const double gflops = flops / (t.median_ms * 1e-3) / 1e9;
-    std::printf("%-16s median %.1f ms (min %.1f, max %.1f, %d runs)  %.2f GFLOP  %.1f GFLOP/s  %.0f%% of peak\n",
-                what, t.median_ms, t.min_ms, t.max_ms, t.repeats, flops / 1e9, gflops, 100.0 * gflops / peak);
+    std::printf(
+        "%-16s median %.1f ms (min %.1f, max %.1f, %d runs)  %.2f GFLOP  %.1f GFLOP/s  %.0f%% of peak\n",
+        what, t.median_ms, t.min_ms, t.max_ms, t.repeats, flops / 1e9, gflops, 100.0 * gflops / peak);
 }
 
 void bench_dit(const BenchArgs& a) {
@@ -82,12 +85,18 @@ void bench_dit(const BenchArgs& a) {
                 static_cast<long long>(tokens));
     const double flops1 = bench::dit_forward_flops(c.dit, tokens, c.dit.text_len);
     auto t1 = torch::full({1, tokens}, 500.0);
-    print_result("forward (B=1)", bench::time_it([&] { (void)dit->forward({x}, t1, {ctx}, tokens); }, a.repeats),
-                 flops1, peak);
-    // The sampler's step with classifier-free guidance runs the conditional and unconditional pass as one batch.
+    print_result("forward (B=1)",
+                 bench::time_it([&] { (void)dit->forward({x}, t1, {ctx}, tokens); }, a.repeats), flops1,
+                 peak);
+    // The sampler's step with classifier-free guidance runs the conditional and unconditional pass as one
+    // batch.
     auto t2 = torch::full({2, tokens}, 500.0);
     print_result("forward (B=2,cfg)",
-                 bench::time_it([&] { (void)dit->forward({x, x}, t2, {ctx, ctx}, tokens); }, a.repeats),
+                 bench::time_it(
+                     [&] {
+                         (void)dit->forward({x, x}, t2, {ctx, ctx}, tokens);
+                     },
+                     a.repeats),
                  2 * flops1, peak);
 }
 
@@ -112,7 +121,8 @@ void bench_vae(const BenchArgs& a) {
     auto timing = bench::time_it(
         [&] {
             VaeDecoderState state;
-            if (!a.first_section) (void)vae->decode_chunk(state, warm);
+            if (!a.first_section)
+                (void)vae->decode_chunk(state, warm);
             (void)vae->decode_chunk(state, z);
         },
         a.repeats);

@@ -6,12 +6,14 @@ namespace memoreel::bench {
 
 Timing time_it(const std::function<void()>& fn, int repeats, int warmup) {
     TORCH_CHECK(repeats >= 1, "time_it needs at least one timed run");
-    for (int i = 0; i < warmup; ++i) fn();
+    for (int i = 0; i < warmup; ++i)
+        fn();
     std::vector<double> ms;
     for (int i = 0; i < repeats; ++i) {
         const auto t0 = std::chrono::steady_clock::now();
         fn();
-        ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+        ms.push_back(
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
     }
     std::sort(ms.begin(), ms.end());
     Timing t;

@@ -1,6 +1,6 @@
 // `memoreel generate`: text -> latents (sampler over the DiT) -> frames (VAE) -> MP4 (FFmpeg).
-#include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
 
 #include <filesystem>
 
@@ -48,16 +48,21 @@ void run_generate(const GenerateArgs& a) {
     req.width = a.width ? a.width : config.width;
     req.height = a.height ? a.height : config.height;
     req.seed = a.seed;
-    if (a.steps) req.steps = a.steps;
-    if (a.guidance >= 0) req.guidance = a.guidance;
-    if (a.shift > 0) req.shift = a.shift;
-    if (!a.solver.empty()) req.solver = a.solver;
+    if (a.steps)
+        req.steps = a.steps;
+    if (a.guidance >= 0)
+        req.guidance = a.guidance;
+    if (a.shift > 0)
+        req.shift = a.shift;
+    if (!a.solver.empty())
+        req.solver = a.solver;
     const int64_t fps = a.fps ? a.fps : config.fps;
     // Everything that can be checked is checked before the (possibly many-GB) model loads.
     validate_request(config, req);
     const torch::Device device = parse_device(a.device);
     const auto parent = std::filesystem::path(a.out).parent_path();
-    if (!parent.empty()) std::filesystem::create_directories(parent);
+    if (!parent.empty())
+        std::filesystem::create_directories(parent);
     VideoFileOptions opts;
     opts.width = static_cast<int>(req.width);
     opts.height = static_cast<int>(req.height);
@@ -78,10 +83,11 @@ void run_generate(const GenerateArgs& a) {
         bar.finish();
     }
     const torch::Tensor rgb = video_to_rgb24(video);  // [T, H, W, 3] uint8
-    for (int64_t t = 0; t < rgb.size(0); ++t) writer.write_rgb(rgb[t].contiguous().data_ptr<uint8_t>());
+    for (int64_t t = 0; t < rgb.size(0); ++t)
+        writer.write_rgb(rgb[t].contiguous().data_ptr<uint8_t>());
     writer.finish();
-    spdlog::info("wrote {} ({} frames, {}x{}, {} fps)", a.out, writer.frames_written(), opts.width, opts.height,
-                 fps);
+    spdlog::info("wrote {} ({} frames, {}x{}, {} fps)", a.out, writer.frames_written(), opts.width,
+                 opts.height, fps);
 }
 
 }  // namespace
@@ -93,7 +99,8 @@ void add_generate_command(CLI::App& app) {
     cmd->add_option("--weights", args->weights,
                     "Folder holding the weights named in the config (default: the config's folder)");
     cmd->add_option("--prompt", args->prompt, "Text prompt")->required();
-    cmd->add_option("--negative-prompt", args->negative_prompt, "Negative prompt for classifier-free guidance");
+    cmd->add_option("--negative-prompt", args->negative_prompt,
+                    "Negative prompt for classifier-free guidance");
     cmd->add_option("--frames", args->frames, "Number of frames (1 + 4k; default from the config)")
         ->check(CLI::Range(int64_t(1), int64_t(100000)));
     cmd->add_option("--width", args->width, "Width in pixels (default from the config)")
@@ -107,7 +114,8 @@ void add_generate_command(CLI::App& app) {
         ->check(CLI::Range(int64_t(1), int64_t(1000)));
     cmd->add_option("--guidance", args->guidance, "Classifier-free guidance scale (default from the config)")
         ->check(CLI::NonNegativeNumber);
-    cmd->add_option("--shift", args->shift, "Sigma shift (default from the config)")->check(CLI::PositiveNumber);
+    cmd->add_option("--shift", args->shift, "Sigma shift (default from the config)")
+        ->check(CLI::PositiveNumber);
     cmd->add_option("--solver", args->solver, "unipc, euler or dpm++ (default from the config)")
         ->check(CLI::IsMember({"unipc", "euler", "dpm++"}));
     cmd->add_option("--out", args->out, "Output MP4 file")->capture_default_str();

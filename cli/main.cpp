@@ -1,7 +1,8 @@
-// memoreel: one executable, subcommands over the shared libraries (model/, stream/; later server/, training/).
-#include <CLI/CLI.hpp>
+// memoreel: one executable, subcommands over the shared libraries (model/, stream/; later server/,
+// training/).
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
+#include <CLI/CLI.hpp>
 
 #include <thread>
 
@@ -15,7 +16,9 @@ int main(int argc, char** argv) {
     app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
     int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     std::string log_level = "info";
-    app.add_option("--threads", threads, "CPU threads for LibTorch")->capture_default_str()->check(CLI::Range(1, 1024));
+    app.add_option("--threads", threads, "CPU threads for LibTorch")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 1024));
     app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
         ->capture_default_str()
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));

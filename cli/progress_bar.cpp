@@ -9,7 +9,8 @@ namespace memoreel {
 namespace {
 
 std::string format_seconds(double s) {
-    if (s < 0 || s > 1e7) return "?";
+    if (s < 0 || s > 1e7)
+        return "?";
     char buf[32];
     const int total = static_cast<int>(s + 0.5);
     if (total >= 3600)
@@ -32,7 +33,8 @@ ProgressBar::ProgressBar(std::string label, int64_t total, std::string unit)
 }
 
 ProgressBar::~ProgressBar() {
-    if (!finished_) finish();
+    if (!finished_)
+        finish();
 }
 
 void ProgressBar::update(int64_t done, const std::string& suffix) {
@@ -42,17 +44,21 @@ void ProgressBar::update(int64_t done, const std::string& suffix) {
 }
 
 void ProgressBar::finish(const std::string& suffix) {
-    if (finished_) return;
-    if (!suffix.empty()) suffix_ = suffix;
+    if (finished_)
+        return;
+    if (!suffix.empty())
+        suffix_ = suffix;
     draw(true);
-    if (tty_) std::fputc('\n', stderr);
+    if (tty_)
+        std::fputc('\n', stderr);
     finished_ = true;
 }
 
 void ProgressBar::draw(bool force) {
     const auto now = std::chrono::steady_clock::now();
     const double since_draw = std::chrono::duration<double>(now - last_draw_).count();
-    if (!force && since_draw < (tty_ ? 0.1 : 5.0)) return;
+    if (!force && since_draw < (tty_ ? 0.1 : 5.0))
+        return;
     last_draw_ = now;
     const double elapsed = std::chrono::duration<double>(now - start_).count();
     const double rate = elapsed > 0 ? done_ / elapsed : 0.0;
@@ -60,7 +66,8 @@ void ProgressBar::draw(bool force) {
     const double frac = total_ > 0 ? static_cast<double>(done_) / total_ : 1.0;
     constexpr int kWidth = 28;
     std::string bar(kWidth, ' ');
-    for (int i = 0; i < static_cast<int>(frac * kWidth + 1e-9) && i < kWidth; ++i) bar[i] = '#';
+    for (int i = 0; i < static_cast<int>(frac * kWidth + 1e-9) && i < kWidth; ++i)
+        bar[i] = '#';
     char rate_text[48];
     if (rate >= 1.0 || rate == 0.0)
         std::snprintf(rate_text, sizeof(rate_text), "%.2f %s/s", rate, unit_.c_str());
@@ -70,7 +77,8 @@ void ProgressBar::draw(bool force) {
                  label_.c_str(), bar.c_str(), static_cast<long long>(done_), static_cast<long long>(total_),
                  frac * 100.0, rate_text, format_seconds(elapsed).c_str(), format_seconds(eta).c_str(),
                  suffix_.empty() ? "" : "  ", suffix_.c_str());
-    if (!tty_) std::fputc('\n', stderr);
+    if (!tty_)
+        std::fputc('\n', stderr);
     std::fflush(stderr);
 }
 

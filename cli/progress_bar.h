@@ -1,5 +1,5 @@
-// A terminal progress bar with rate and ETA. Draws in place on a TTY; on a pipe (CI, logs) prints a line at most
-// every few seconds so logs stay short.
+// A terminal progress bar with rate and ETA. Draws in place on a TTY; on a pipe (CI, logs) prints a line at
+// most every few seconds so logs stay short.
 #pragma once
 
 #include <chrono>
@@ -9,14 +9,14 @@
 namespace memoreel {
 
 class ProgressBar {
-public:
+  public:
     ProgressBar(std::string label, int64_t total, std::string unit = "it");
     ~ProgressBar();
     // Sets the position (absolute) and an optional suffix such as "loss 0.123".
     void update(int64_t done, const std::string& suffix = "");
     void finish(const std::string& suffix = "");
 
-private:
+  private:
     void draw(bool force);
 
     std::string label_;

@@ -11,10 +11,11 @@ namespace {
 
 // Reads optional fields with type checks; every error names the file (where) and the field.
 class Fields {
-public:
+  public:
     Fields(const nlohmann::json& j, std::string where, std::string section)
         : j_(j), where_(std::move(where)), section_(std::move(section)) {
-        if (!j_.is_object()) fail("", "must be a JSON object");
+        if (!j_.is_object())
+            fail("", "must be a JSON object");
     }
     [[noreturn]] void fail(const std::string& field, const std::string& what) const {
         std::string name = section_.empty() ? field : (field.empty() ? section_ : section_ + "." + field);
@@ -23,16 +24,21 @@ public:
     template <typename T>
     void get(const char* field, T& out) {
         seen_.insert(field);
-        if (!j_.contains(field)) return;
+        if (!j_.contains(field))
+            return;
         const auto& v = j_.at(field);
-        // nlohmann converts 33.9 to 33 and 1e300 to undefined behaviour; integers must be written as integers.
+        // nlohmann converts 33.9 to 33 and 1e300 to undefined behaviour; integers must be written as
+        // integers.
         if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
-            if (!v.is_number_integer()) fail(field, "must be an integer (is " + std::string(v.type_name()) + ")");
+            if (!v.is_number_integer())
+                fail(field, "must be an integer (is " + std::string(v.type_name()) + ")");
         }
         if constexpr (std::is_same_v<T, std::vector<int64_t>>) {
-            if (!v.is_array()) fail(field, "must be an array of integers");
+            if (!v.is_array())
+                fail(field, "must be an array of integers");
             for (const auto& e : v)
-                if (!e.is_number_integer()) fail(field, "must be an array of integers");
+                if (!e.is_number_integer())
+                    fail(field, "must be an array of integers");
         }
         try {
             out = v.get<T>();
@@ -42,16 +48,18 @@ public:
     }
     // Fields that are read elsewhere (nested sections) or accepted for compatibility with official files.
     void accept(std::initializer_list<const char*> fields) {
-        for (auto f : fields) seen_.insert(f);
+        for (auto f : fields)
+            seen_.insert(f);
     }
     // Unknown keys are errors: a typo in a config must not silently fall back to a default.
     void reject_unknown() const {
         for (auto it = j_.begin(); it != j_.end(); ++it) {
-            if (!seen_.count(it.key()) && it.key().rfind("_", 0) != 0) fail(it.key(), "unknown field");
+            if (!seen_.count(it.key()) && it.key().rfind("_", 0) != 0)
+                fail(it.key(), "unknown field");
         }
     }
 
-private:
+  private:
     const nlohmann::json& j_;
     std::string where_;
     std::string section_;
@@ -59,7 +67,8 @@ private:
 };
 
 void require(bool ok, const std::string& where, const std::string& what) {
-    if (!ok) throw CheckpointError(where, "", what);
+    if (!ok)
+        throw CheckpointError(where, "", what);
 }
 
 // Bounds that keep every derived size (products, shifts) far from overflow; real models are well inside them.
@@ -92,31 +101,43 @@ WanDiTConfig WanDiTConfig::from_json(const nlohmann::json& j, const std::string&
     // Keys of the official/diffusers config.json that carry no architecture information here.
     f.accept({"window_size", "model_type"});
     f.reject_unknown();
-    if (patch.size() != 3) f.fail("patch_size", "must have 3 entries (t, h, w)");
+    if (patch.size() != 3)
+        f.fail("patch_size", "must have 3 entries (t, h, w)");
     std::copy(patch.begin(), patch.end(), c.patch_size.begin());
     c.validate(where);
     return c;
 }
 
 nlohmann::json WanDiTConfig::to_json() const {
-    return {{"model_type", model_type}, {"patch_size", patch_size}, {"text_len", text_len},
-            {"in_dim", in_dim},         {"dim", dim},               {"ffn_dim", ffn_dim},
-            {"freq_dim", freq_dim},     {"text_dim", text_dim},     {"out_dim", out_dim},
-            {"num_heads", num_heads},   {"num_layers", num_layers}, {"qk_norm", qk_norm},
-            {"cross_attn_norm", cross_attn_norm}, {"eps", eps}};
+    return {{"model_type", model_type},
+            {"patch_size", patch_size},
+            {"text_len", text_len},
+            {"in_dim", in_dim},
+            {"dim", dim},
+            {"ffn_dim", ffn_dim},
+            {"freq_dim", freq_dim},
+            {"text_dim", text_dim},
+            {"out_dim", out_dim},
+            {"num_heads", num_heads},
+            {"num_layers", num_layers},
+            {"qk_norm", qk_norm},
+            {"cross_attn_norm", cross_attn_norm},
+            {"eps", eps}};
 }
 
 void WanDiTConfig::validate(const std::string& where) const {
     const std::string p = "dit: ";
     require(model_type == "t2v" || model_type == "i2v" || model_type == "ti2v", where,
             p + "model_type must be t2v, i2v or ti2v, not '" + model_type + "'");
-    for (auto v : patch_size) require(v >= 1 && v <= 64, where, p + "patch_size entries must be in [1, 64]");
+    for (auto v : patch_size)
+        require(v >= 1 && v <= 64, where, p + "patch_size entries must be in [1, 64]");
     for (int64_t v : {dim, ffn_dim, in_dim, out_dim, text_dim, text_len, freq_dim})
         require(v > 0 && v <= kMaxWidth, where,
                 p + "dim, ffn_dim, in_dim, out_dim, text_dim, text_len and freq_dim must be in [1, " +
                     std::to_string(kMaxWidth) + "]");
     require(num_heads > 0 && dim % num_heads == 0, where,
-            p + "dim (" + std::to_string(dim) + ") must be divisible by num_heads (" + std::to_string(num_heads) + ")");
+            p + "dim (" + std::to_string(dim) + ") must be divisible by num_heads (" +
+                std::to_string(num_heads) + ")");
     require(head_dim() % 2 == 0 && head_dim() >= 12, where,
             p + "head_dim = dim/num_heads must be even and >= 12 so each RoPE axis gets a frequency (is " +
                 std::to_string(head_dim()) + ")");
@@ -134,7 +155,8 @@ int64_t WanVAEConfig::spatial_factor() const {
 
 int64_t WanVAEConfig::temporal_factor() const {
     int64_t f = 1;
-    for (bool t : temperal_downsample) f *= t ? 2 : 1;
+    for (bool t : temperal_downsample)
+        f *= t ? 2 : 1;
     return f;
 }
 
@@ -144,8 +166,8 @@ WanVAEConfig WanVAEConfig::wan21() {
     c.dim = 96;
     c.dec_dim = 96;
     c.z_dim = 16;
-    c.mean = {-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
-              0.4134,  -0.0715, 0.5517,  -0.3632, -0.1922, -0.9497, 0.2503, -0.2921};
+    c.mean = {-0.7571, -0.7089, -0.9113, 0.1075,  -0.1745, 0.9653,  -0.1517, 1.5508,
+              0.4134,  -0.0715, 0.5517,  -0.3632, -0.1922, -0.9497, 0.2503,  -0.2921};
     c.std = {2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
              3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160};
     return c;
@@ -200,11 +222,16 @@ WanVAEConfig WanVAEConfig::from_json(const nlohmann::json& j, const std::string&
 }
 
 nlohmann::json WanVAEConfig::to_json() const {
-    return {{"version", version},       {"dim", dim},
-            {"dec_dim", dec_dim},       {"z_dim", z_dim},
-            {"dim_mult", dim_mult},     {"num_res_blocks", num_res_blocks},
-            {"attn_scales", attn_scales}, {"temperal_downsample", temperal_downsample},
-            {"normalization", "custom"}, {"mean", mean},
+    return {{"version", version},
+            {"dim", dim},
+            {"dec_dim", dec_dim},
+            {"z_dim", z_dim},
+            {"dim_mult", dim_mult},
+            {"num_res_blocks", num_res_blocks},
+            {"attn_scales", attn_scales},
+            {"temperal_downsample", temperal_downsample},
+            {"normalization", "custom"},
+            {"mean", mean},
             {"std", std}};
 }
 
@@ -212,17 +239,21 @@ void WanVAEConfig::validate(const std::string& where) const {
     const std::string p = "vae: ";
     require(version == "2.1" || version == "2.2", where, p + "version must be \"2.1\" or \"2.2\"");
     for (int64_t v : {dim, dec_dim, z_dim})
-        require(v > 0 && v <= kMaxWidth, where, p + "dim, dec_dim and z_dim must be in [1, " + std::to_string(kMaxWidth) + "]");
+        require(v > 0 && v <= kMaxWidth, where,
+                p + "dim, dec_dim and z_dim must be in [1, " + std::to_string(kMaxWidth) + "]");
     require(!dim_mult.empty() && dim_mult.size() <= kMaxVaeLevels, where,
             p + "dim_mult must have 1 to " + std::to_string(kMaxVaeLevels) + " entries");
-    for (auto m : dim_mult) require(m > 0 && m <= 64, where, p + "dim_mult entries must be in [1, 64]");
+    for (auto m : dim_mult)
+        require(m > 0 && m <= 64, where, p + "dim_mult entries must be in [1, 64]");
     require(temperal_downsample.size() + 1 == dim_mult.size(), where,
             p + "temperal_downsample needs one entry fewer than dim_mult");
     require(num_res_blocks >= 1 && num_res_blocks <= 16, where, p + "num_res_blocks must be in [1, 16]");
     require(mean.empty() || static_cast<int64_t>(mean.size()) == z_dim, where,
-            p + "mean must have z_dim (" + std::to_string(z_dim) + ") entries, has " + std::to_string(mean.size()));
+            p + "mean must have z_dim (" + std::to_string(z_dim) + ") entries, has " +
+                std::to_string(mean.size()));
     require(std.size() == mean.size(), where, p + "std must have as many entries as mean");
-    for (double s : std) require(s > 0, where, p + "std entries must be positive");
+    for (double s : std)
+        require(s > 0, where, p + "std entries must be positive");
 }
 
 // ---------------------------------------------------------------------------------------------- T5
@@ -246,18 +277,24 @@ UMT5Config UMT5Config::from_json(const nlohmann::json& j, const std::string& whe
 }
 
 nlohmann::json UMT5Config::to_json() const {
-    return {{"vocab", vocab},           {"dim", dim},
-            {"dim_attn", dim_attn},     {"dim_ffn", dim_ffn},
-            {"num_heads", num_heads},   {"num_layers", num_layers},
-            {"num_buckets", num_buckets}, {"max_distance", max_distance},
-            {"shared_pos", shared_pos}, {"text_len", text_len}};
+    return {{"vocab", vocab},
+            {"dim", dim},
+            {"dim_attn", dim_attn},
+            {"dim_ffn", dim_ffn},
+            {"num_heads", num_heads},
+            {"num_layers", num_layers},
+            {"num_buckets", num_buckets},
+            {"max_distance", max_distance},
+            {"shared_pos", shared_pos},
+            {"text_len", text_len}};
 }
 
 void UMT5Config::validate(const std::string& where) const {
     const std::string p = "text_encoder: ";
     require(vocab > 2 && vocab <= (int64_t(1) << 24), where, p + "vocab must be in [3, 2^24]");
     for (int64_t v : {dim, dim_attn, dim_ffn})
-        require(v > 0 && v <= kMaxWidth, where, p + "dim, dim_attn and dim_ffn must be in [1, " + std::to_string(kMaxWidth) + "]");
+        require(v > 0 && v <= kMaxWidth, where,
+                p + "dim, dim_attn and dim_ffn must be in [1, " + std::to_string(kMaxWidth) + "]");
     require(num_layers >= 1 && num_layers <= kMaxLayers, where,
             p + "num_layers must be in [1, " + std::to_string(kMaxLayers) + "]");
     require(num_heads > 0 && dim_attn % num_heads == 0, where, p + "dim_attn must be divisible by num_heads");
@@ -284,7 +321,10 @@ SamplerConfig SamplerConfig::from_json(const nlohmann::json& j, const std::strin
 }
 
 nlohmann::json SamplerConfig::to_json() const {
-    return {{"solver", solver}, {"steps", steps}, {"shift", shift}, {"guidance", guidance},
+    return {{"solver", solver},
+            {"steps", steps},
+            {"shift", shift},
+            {"guidance", guidance},
             {"negative_prompt", negative_prompt}};
 }
 
@@ -311,15 +351,20 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& w
     c.source_path = where;
     Fields f(j, where, "");
     f.get("name", c.name);
-    if (c.name.empty()) f.fail("name", "is required");
+    if (c.name.empty())
+        f.fail("name", "is required");
     f.accept({"dit", "vae", "text_encoder", "sampler", "weights", "video", "description"});
-    if (!j.contains("dit")) f.fail("dit", "is required");
+    if (!j.contains("dit"))
+        f.fail("dit", "is required");
     c.dit = WanDiTConfig::from_json(j["dit"], where);
-    if (!j.contains("vae")) f.fail("vae", "is required");
+    if (!j.contains("vae"))
+        f.fail("vae", "is required");
     c.vae = WanVAEConfig::from_json(j["vae"], where);
-    if (!j.contains("text_encoder")) f.fail("text_encoder", "is required");
+    if (!j.contains("text_encoder"))
+        f.fail("text_encoder", "is required");
     c.text_encoder = UMT5Config::from_json(j["text_encoder"], where);
-    if (j.contains("sampler")) c.sampler = SamplerConfig::from_json(j["sampler"], where);
+    if (j.contains("sampler"))
+        c.sampler = SamplerConfig::from_json(j["sampler"], where);
     if (j.contains("video")) {
         Fields v(j["video"], where, "video");
         v.get("width", c.width);
@@ -364,10 +409,11 @@ void ModelConfig::validate() const {
     text_encoder.validate(where);
     sampler.validate(where);
     require(dit.in_dim == vae.z_dim || (dit.model_type == "i2v" && dit.in_dim == 2 * vae.z_dim + 4), where,
-            "dit.in_dim (" + std::to_string(dit.in_dim) + ") must equal vae.z_dim (" + std::to_string(vae.z_dim) +
-                ") (or 2*z_dim+4 for i2v)");
+            "dit.in_dim (" + std::to_string(dit.in_dim) + ") must equal vae.z_dim (" +
+                std::to_string(vae.z_dim) + ") (or 2*z_dim+4 for i2v)");
     require(dit.out_dim == vae.z_dim, where,
-            "dit.out_dim (" + std::to_string(dit.out_dim) + ") must equal vae.z_dim (" + std::to_string(vae.z_dim) + ")");
+            "dit.out_dim (" + std::to_string(dit.out_dim) + ") must equal vae.z_dim (" +
+                std::to_string(vae.z_dim) + ")");
     require(dit.text_dim == text_encoder.dim, where,
             "dit.text_dim (" + std::to_string(dit.text_dim) + ") must equal text_encoder.dim (" +
                 std::to_string(text_encoder.dim) + ")");

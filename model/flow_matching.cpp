@@ -427,7 +427,8 @@ torch::Tensor broadcast_sigma(const torch::Tensor& sigma, const torch::Tensor& x
 
 }  // namespace
 
-torch::Tensor flow_noisy_sample(const torch::Tensor& x0, const torch::Tensor& noise,
+torch::Tensor flow_noisy_sample(const torch::Tensor& x0,
+                                const torch::Tensor& noise,
                                 const torch::Tensor& sigma) {
     TORCH_CHECK(x0.sizes() == noise.sizes(), "flow_noisy_sample: x0 and noise shapes differ");
     const torch::Tensor s = broadcast_sigma(sigma, x0);

@@ -55,7 +55,7 @@ struct SamplerState {
 };
 
 class FlowSampler {
-public:
+  public:
     // A sampler on an explicit schedule: sigmas float32 [N+1] ending in 0, timesteps int64 [N].
     FlowSampler(torch::Tensor sigmas, torch::Tensor timesteps);
     explicit FlowSampler(const SigmaSchedule& schedule);
@@ -87,7 +87,7 @@ public:
     // x0 prediction (x - sigma_i v) of the last step taken; undefined before the first step.
     const torch::Tensor& x0_pred() const { return x0_pred_; }
 
-protected:
+  protected:
     void check_step(int64_t i, const torch::Tensor& v, const torch::Tensor& x) const;
     // 0-d float32 CPU tensor of sigma_i: the scalar arithmetic runs through torch ops on these, exactly as
     // the official code does it, so that log/expm1/solve round the same way.
@@ -101,7 +101,7 @@ protected:
 
 // Flow Euler: x_{i+1} = x_i + (sigma_{i+1} - sigma_i) v (diffusers FlowMatchEulerDiscreteScheduler).
 class EulerSampler : public FlowSampler {
-public:
+  public:
     EulerSampler(int64_t steps, double shift, SigmaGrid grid = SigmaGrid::kUniPC);
     EulerSampler(torch::Tensor sigmas, torch::Tensor timesteps);
     std::string name() const override { return "euler"; }
@@ -111,7 +111,7 @@ public:
 // FlowUniPCMultistepScheduler as Wan configures it: order 2, bh2, predict_x0, lower_order_final, corrector on
 // every step after the first (spec 6.2).
 class UniPCSampler : public FlowSampler {
-public:
+  public:
     UniPCSampler(int64_t steps, double shift);
     UniPCSampler(torch::Tensor sigmas, torch::Tensor timesteps);
     std::string name() const override { return "unipc"; }
@@ -123,7 +123,7 @@ public:
     // The sample after the corrector and before the predictor of the last step (the input at step 0).
     const torch::Tensor& corrected() const { return last_sample_; }
 
-private:
+  private:
     torch::Tensor lambda(int64_t i) const;  // log(1 - sigma_i) - log(sigma_i), 0-d float32
     torch::Tensor corrector(const torch::Tensor& m_t, int64_t i) const;
     torch::Tensor predictor(const torch::Tensor& x, int64_t i, int64_t order) const;
@@ -138,7 +138,7 @@ private:
 // FlowDPMSolverMultistepScheduler as Wan configures it (--sample_solver dpm++): dpmsolver++, order 2,
 // midpoint, lower_order_final, final sigma 0; sigmas from get_sampling_sigmas (grid starting at 1.0).
 class DPMPPSampler : public FlowSampler {
-public:
+  public:
     DPMPPSampler(int64_t steps, double shift);
     DPMPPSampler(torch::Tensor sigmas, torch::Tensor timesteps);
     std::string name() const override { return "dpm++"; }
@@ -147,7 +147,7 @@ public:
     SamplerState state() const override;
     void load_state(const SamplerState& state) override;
 
-private:
+  private:
     // The multistep history is x0_pred() (the previous step's data prediction).
     int64_t lower_order_nums_ = 0;
 };
@@ -177,7 +177,8 @@ struct LogitNormalSigmaSampler {
 };
 
 // x_t = (1 - sigma) x0 + sigma noise, with sigma [B] (or a scalar tensor) broadcast over x0's trailing dims.
-torch::Tensor flow_noisy_sample(const torch::Tensor& x0, const torch::Tensor& noise,
+torch::Tensor flow_noisy_sample(const torch::Tensor& x0,
+                                const torch::Tensor& noise,
                                 const torch::Tensor& sigma);
 // The regression target of the velocity: noise - x0.
 torch::Tensor flow_velocity_target(const torch::Tensor& x0, const torch::Tensor& noise);

@@ -17,7 +17,8 @@ namespace memoreel {
 
 std::string read_text_file(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
-    if (!in) throw CheckpointError(path, "", std::string("cannot open: ") + std::strerror(errno));
+    if (!in)
+        throw CheckpointError(path, "", std::string("cannot open: ") + std::strerror(errno));
     std::ostringstream ss;
     ss << in.rdbuf();
     return ss.str();
@@ -43,15 +44,19 @@ void sync_file(const std::string& path) {
 void write_file_atomic(const std::string& path, const std::function<void(std::ostream&)>& write) {
     std::string tmp = path + ".tmp-XXXXXX";
     const int fd = ::mkstemp(tmp.data());
-    if (fd < 0) throw CheckpointError(path, "", std::string("cannot create a temporary file: ") + std::strerror(errno));
+    if (fd < 0)
+        throw CheckpointError(path, "",
+                              std::string("cannot create a temporary file: ") + std::strerror(errno));
     ::close(fd);
     try {
         {
             std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-            if (!out) throw CheckpointError(path, "", "cannot open for writing: " + tmp);
+            if (!out)
+                throw CheckpointError(path, "", "cannot open for writing: " + tmp);
             write(out);
             out.flush();
-            if (!out) throw CheckpointError(path, "", "write failed (disk full?)");
+            if (!out)
+                throw CheckpointError(path, "", "write failed (disk full?)");
         }
         ::chmod(tmp.c_str(), 0644);  // mkstemp creates 0600; checkpoints and configs are ordinary files
         sync_file(tmp);
@@ -62,7 +67,8 @@ void write_file_atomic(const std::string& path, const std::function<void(std::os
         throw;
     }
     // The rename is durable only once the folder's entry is on disk.
-    std::string dir = path.substr(0, path.find_last_of('/') == std::string::npos ? 0 : path.find_last_of('/'));
+    std::string dir =
+        path.substr(0, path.find_last_of('/') == std::string::npos ? 0 : path.find_last_of('/'));
     sync_file(dir.empty() ? "." : dir);
 }
 

@@ -12,8 +12,9 @@ namespace memoreel {
 // Reads and parses a JSON file; throws CheckpointError naming the file (and the parse position) on failure.
 nlohmann::json read_json_file(const std::string& path);
 
-// Writes a file atomically: a uniquely named temporary file beside it, fsync, rename, fsync of the folder. A failed
-// write removes the temporary file and leaves any existing file untouched. Errors are CheckpointError naming path.
+// Writes a file atomically: a uniquely named temporary file beside it, fsync, rename, fsync of the folder. A
+// failed write removes the temporary file and leaves any existing file untouched. Errors are CheckpointError
+// naming path.
 void write_file_atomic(const std::string& path, const std::function<void(std::ostream&)>& write);
 void write_file_atomic(const std::string& path, const std::string& text);
 

@@ -1,7 +1,8 @@
-// The linear layer every network here uses: torch::nn::Linear's parameter names (weight [out,in], bias [out]),
-// plus an optional low-rank adapter (LoRA) that can be attached, trained, merged into the weight and unmerged.
-// Keeping LoRA inside the layer means named_parameters() of a network still yields the official checkpoint names
-// for the base weights, and the adapter appears as `<layer>.lora_down` / `<layer>.lora_up` beside them.
+// The linear layer every network here uses: torch::nn::Linear's parameter names (weight [out,in], bias
+// [out]), plus an optional low-rank adapter (LoRA) that can be attached, trained, merged into the weight and
+// unmerged. Keeping LoRA inside the layer means named_parameters() of a network still yields the official
+// checkpoint names for the base weights, and the adapter appears as `<layer>.lora_down` / `<layer>.lora_up`
+// beside them.
 #pragma once
 
 #include <torch/torch.h>
@@ -9,7 +10,7 @@
 namespace memoreel {
 
 class LinearImpl : public torch::nn::Module {
-public:
+  public:
     LinearImpl(int64_t in_features, int64_t out_features, bool bias = true);
 
     torch::Tensor forward(const torch::Tensor& x);
@@ -26,8 +27,9 @@ public:
     double lora_scale() const { return lora_scale_; }
     // Not while merged: unmerge must subtract exactly what merge added.
     void set_lora_scale(double scale);
-    // W += scale * B A (the adapter is then skipped in forward); unmerge subtracts it again. With fp32 weights
-    // the round trip restores them to within one rounding; with bf16 weights the two roundings are visible.
+    // W += scale * B A (the adapter is then skipped in forward); unmerge subtracts it again. With fp32
+    // weights the round trip restores them to within one rounding; with bf16 weights the two roundings are
+    // visible.
     void merge_lora();
     void unmerge_lora();
     bool lora_merged() const { return lora_merged_; }
@@ -37,7 +39,7 @@ public:
     torch::Tensor lora_down;
     torch::Tensor lora_up;
 
-private:
+  private:
     int64_t in_features_;
     int64_t out_features_;
     double lora_scale_ = 0.0;

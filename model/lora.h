@@ -25,8 +25,8 @@ std::vector<std::pair<std::string, torch::Tensor>> lora_parameters(const torch::
 void merge_lora(torch::nn::Module& network);
 void unmerge_lora(torch::nn::Module& network);
 
-// Saves the adapters as `<layer>.lora_down` [rank,in] and `<layer>.lora_up` [out,rank] with rank and alpha in the
-// metadata.
+// Saves the adapters as `<layer>.lora_down` [rank,in] and `<layer>.lora_up` [out,rank] with rank and alpha in
+// the metadata.
 void save_lora(const std::string& path, const torch::nn::Module& network);
 // Loads adapters into the network, attaching them where absent. Accepts this project's names and the common
 // community layouts: PEFT (`<layer>.lora_A.weight` / `lora_B.weight`, optional `base_model.model.` and

@@ -2,6 +2,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <spdlog/spdlog.h>
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -9,6 +10,5 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <spdlog/spdlog.h>
 #include <string>
 #include <vector>

@@ -1,8 +1,9 @@
 // safetensors files: memory-mapped reading with full validation, and atomic writing.
 // Torch-free on purpose: the server and tools read checkpoints' metadata without pulling in LibTorch.
 //
-// Format: 8-byte little-endian header length N, N bytes of JSON {name: {dtype, shape, data_offsets}, __metadata__},
-// then the raw little-endian tensor bytes; data_offsets are relative to the start of that data block.
+// Format: 8-byte little-endian header length N, N bytes of JSON {name: {dtype, shape, data_offsets},
+// __metadata__}, then the raw little-endian tensor bytes; data_offsets are relative to the start of that data
+// block.
 #pragma once
 
 #include <cstdint>
@@ -15,14 +16,15 @@
 
 namespace memoreel {
 
-// An error in a checkpoint or config file. The message always names the file, and the tensor when there is one.
+// An error in a checkpoint or config file. The message always names the file, and the tensor when there is
+// one.
 class CheckpointError : public std::runtime_error {
-public:
+  public:
     CheckpointError(const std::string& file, const std::string& tensor, const std::string& what);
     const std::string& file() const { return file_; }
     const std::string& tensor() const { return tensor_; }
 
-private:
+  private:
     std::string file_;
     std::string tensor_;
 };
@@ -47,7 +49,7 @@ struct TensorInfo {
 // A read-only, memory-mapped safetensors file. Every structural property is checked at open():
 // header bounds, JSON, dtypes, shapes against byte sizes, offsets inside the data and non-overlapping.
 class SafetensorsFile {
-public:
+  public:
     static std::shared_ptr<SafetensorsFile> open(const std::string& path);
     ~SafetensorsFile();
     SafetensorsFile(const SafetensorsFile&) = delete;
@@ -64,7 +66,7 @@ public:
     const std::map<std::string, std::string>& metadata() const { return metadata_; }
     uint64_t file_size() const { return size_; }
 
-private:
+  private:
     SafetensorsFile() = default;
     void parse_header(std::string_view header);
 
@@ -87,9 +89,10 @@ struct TensorBytes {
     uint64_t nbytes = 0;
 };
 
-// Writes a safetensors file atomically (a temporary file beside it, fsync, rename). Tensors are stored in name
-// order; the header is space-padded to a multiple of 8 bytes as the reference writer does.
-void write_safetensors(const std::string& path, std::vector<TensorBytes> tensors,
+// Writes a safetensors file atomically (a temporary file beside it, fsync, rename). Tensors are stored in
+// name order; the header is space-padded to a multiple of 8 bytes as the reference writer does.
+void write_safetensors(const std::string& path,
+                       std::vector<TensorBytes> tensors,
                        const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace memoreel

@@ -333,7 +333,8 @@ std::vector<int64_t> Tokenizer::encode_pieces(const std::string& text) const {
     if (bytes_) {
         std::vector<int64_t> ids;
         ids.reserve(text.size());
-        for (unsigned char c : text) ids.push_back(static_cast<int64_t>(c) + 3);
+        for (unsigned char c : text)
+            ids.push_back(static_cast<int64_t>(c) + 3);
         return ids;
     }
     TORCH_CHECK(handle_, "tokenizer: used after being moved from");
@@ -383,10 +384,12 @@ std::string Tokenizer::decode(const std::vector<int64_t>& ids) const {
         std::string text;
         for (int64_t id : ids) {
             if (id < 0 || id >= kByteVocab)
-                throw TokenizerError("byte tokenizer: id " + std::to_string(id) + " is outside the vocabulary (" +
-                                     std::to_string(kByteVocab) + ")");
-            if (id == kUnkId) text += '?';
-            if (id >= 3) text += static_cast<char>(id - 3);
+                throw TokenizerError("byte tokenizer: id " + std::to_string(id) +
+                                     " is outside the vocabulary (" + std::to_string(kByteVocab) + ")");
+            if (id == kUnkId)
+                text += '?';
+            if (id >= 3)
+                text += static_cast<char>(id - 3);
         }
         return text;
     }
@@ -432,15 +435,18 @@ std::string Tokenizer::decode(const torch::Tensor& ids, const torch::Tensor& mas
 }
 
 int64_t Tokenizer::vocab_size() const {
-    if (bytes_) return kByteVocab;
+    if (bytes_)
+        return kByteVocab;
     TORCH_CHECK(handle_, "tokenizer: used after being moved from");
     return spm().vocab_size(handle_);
 }
 
 int64_t Tokenizer::piece_to_id(const std::string& piece) const {
     if (bytes_) {
-        if (piece == "<pad>") return kPadId;
-        if (piece == "</s>") return kEosId;
+        if (piece == "<pad>")
+            return kPadId;
+        if (piece == "</s>")
+            return kEosId;
         return piece.size() == 1 ? static_cast<unsigned char>(piece[0]) + 3 : kUnkId;
     }
     TORCH_CHECK(handle_, "tokenizer: used after being moved from");
@@ -449,7 +455,9 @@ int64_t Tokenizer::piece_to_id(const std::string& piece) const {
 
 // -------------------------------------------------------------------------------------------------- training
 
-void train_tokenizer(const std::string& corpus_file, const std::string& model_prefix, int64_t vocab_size,
+void train_tokenizer(const std::string& corpus_file,
+                     const std::string& model_prefix,
+                     int64_t vocab_size,
                      const TokenizerTrainOptions& options) {
     if (has_whitespace(corpus_file) || has_whitespace(model_prefix))
         throw TokenizerError("train_tokenizer: paths must not contain whitespace (corpus '" + corpus_file +

@@ -17,7 +17,7 @@
 namespace memoreel {
 
 class TokenizerError : public std::runtime_error {
-public:
+  public:
     using std::runtime_error::runtime_error;
 };
 
@@ -36,14 +36,14 @@ struct TokenizedText {
 };
 
 class Tokenizer {
-public:
+  public:
     static constexpr int64_t kPadId = 0;
     static constexpr int64_t kEosId = 1;
     static constexpr int64_t kUnkId = 2;
 
     // Loads a SentencePiece .model file; throws TokenizerError naming the file when it cannot.
-    // The name "byte" instead selects byte-level tokenization (ByT5's scheme: id = UTF-8 byte + 3, same pad/EOS/unk
-    // ids, vocabulary 259), which needs no trained model: untrained configurations use it.
+    // The name "byte" instead selects byte-level tokenization (ByT5's scheme: id = UTF-8 byte + 3, same
+    // pad/EOS/unk ids, vocabulary 259), which needs no trained model: untrained configurations use it.
     explicit Tokenizer(const std::string& model_path);
     static constexpr const char* kByteModel = "byte";
     static constexpr int64_t kByteVocab = 259;
@@ -69,7 +69,7 @@ public:
     int64_t piece_to_id(const std::string& piece) const;
     const std::string& model_path() const { return path_; }
 
-private:
+  private:
     std::string path_;
     void* handle_ = nullptr;
     bool bytes_ = false;
@@ -94,7 +94,9 @@ struct TokenizerTrainOptions {
 // model_prefix + ".model" and ".vocab". Ids 0/1/2 are <pad>, </s>, <unk>; no BOS. Lines are cleaned with
 // clean_prompt_text() first (into a temporary file beside the prefix) so training sees what encode() sees.
 // Paths must not contain whitespace (SentencePieceTrainer's argument string splits on it).
-void train_tokenizer(const std::string& corpus_file, const std::string& model_prefix, int64_t vocab_size,
+void train_tokenizer(const std::string& corpus_file,
+                     const std::string& model_prefix,
+                     int64_t vocab_size,
                      const TokenizerTrainOptions& options = {});
 
 }  // namespace memoreel

@@ -11,11 +11,16 @@ namespace {
 // torch.finfo(dtype).min: the value padding keys get before the softmax.
 double finfo_min(torch::ScalarType dtype) {
     switch (dtype) {
-        case torch::kFloat64: return std::numeric_limits<double>::lowest();
-        case torch::kFloat32: return static_cast<double>(std::numeric_limits<float>::lowest());
-        case torch::kBFloat16: return static_cast<double>(std::numeric_limits<c10::BFloat16>::lowest());
-        case torch::kFloat16: return static_cast<double>(std::numeric_limits<c10::Half>::lowest());
-        default: TORCH_CHECK(false, "umT5: unsupported activation dtype ", dtype);
+        case torch::kFloat64:
+            return std::numeric_limits<double>::lowest();
+        case torch::kFloat32:
+            return static_cast<double>(std::numeric_limits<float>::lowest());
+        case torch::kBFloat16:
+            return static_cast<double>(std::numeric_limits<c10::BFloat16>::lowest());
+        case torch::kFloat16:
+            return static_cast<double>(std::numeric_limits<c10::Half>::lowest());
+        default:
+            TORCH_CHECK(false, "umT5: unsupported activation dtype ", dtype);
     }
 }
 
@@ -41,7 +46,9 @@ torch::Tensor T5RMSNormImpl::forward(const torch::Tensor& x) {
 
 // ----------------------------------------------------------------------------------------- relative position
 
-torch::Tensor relative_position_bucket(const torch::Tensor& rel_pos, int64_t num_buckets, bool bidirectional,
+torch::Tensor relative_position_bucket(const torch::Tensor& rel_pos,
+                                       int64_t num_buckets,
+                                       bool bidirectional,
                                        int64_t max_distance) {
     torch::Tensor rel = rel_pos.to(torch::kInt64);
     torch::Tensor buckets;
@@ -66,7 +73,9 @@ torch::Tensor relative_position_bucket(const torch::Tensor& rel_pos, int64_t num
     return buckets + torch::where(rel < max_exact, rel, large);
 }
 
-T5RelativeEmbeddingImpl::T5RelativeEmbeddingImpl(int64_t num_buckets, int64_t num_heads, bool bidirectional,
+T5RelativeEmbeddingImpl::T5RelativeEmbeddingImpl(int64_t num_buckets,
+                                                 int64_t num_heads,
+                                                 bool bidirectional,
                                                  int64_t max_distance)
     : num_buckets_(num_buckets),
       num_heads_(num_heads),
@@ -97,7 +106,8 @@ T5AttentionImpl::T5AttentionImpl(int64_t dim, int64_t dim_attn, int64_t num_head
     o = register_module("o", Linear(dim_attn, dim, false));
 }
 
-torch::Tensor T5AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& mask,
+torch::Tensor T5AttentionImpl::forward(const torch::Tensor& x,
+                                       const torch::Tensor& mask,
                                        const torch::Tensor& pos_bias) {
     const int64_t b = x.size(0), l = x.size(1), n = num_heads_, c = dim_attn_ / num_heads_;
     const torch::Tensor qh = q(x).view({b, l, n, c}).permute({0, 2, 1, 3});
@@ -149,7 +159,8 @@ T5EncoderBlockImpl::T5EncoderBlockImpl(const UMT5Config& config) {
             T5RelativeEmbedding(config.num_buckets, config.num_heads, true, config.max_distance));
 }
 
-torch::Tensor T5EncoderBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& mask,
+torch::Tensor T5EncoderBlockImpl::forward(const torch::Tensor& x,
+                                          const torch::Tensor& mask,
                                           const torch::Tensor& pos_bias) {
     const torch::Tensor e = pos_embedding ? pos_embedding(x.size(1), x.size(1)) : pos_bias;
     // fp16_clamp in the reference only acts on float16 with infinities; bf16/fp32 never reach it.
@@ -210,7 +221,8 @@ torch::Tensor UMT5EncoderImpl::position_bias(int64_t index, int64_t length) {
     return blocks->ptr<T5EncoderBlockImpl>(index)->pos_embedding(length, length);
 }
 
-torch::Tensor UMT5EncoderImpl::forward(const torch::Tensor& ids, const torch::Tensor& mask,
+torch::Tensor UMT5EncoderImpl::forward(const torch::Tensor& ids,
+                                       const torch::Tensor& mask,
                                        std::vector<torch::Tensor>* block_outputs) {
     TORCH_CHECK(ids.dim() == 2, "umT5: ids must be [B, L], got ", ids.sizes());
     torch::Tensor x = token_embedding(ids.to(torch::kInt64));

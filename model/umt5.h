@@ -20,12 +20,12 @@ namespace memoreel {
 
 // T5 "LayerNorm": x * rsqrt(mean(x^2) + eps) * weight, no mean subtraction, no bias.
 class T5RMSNormImpl : public torch::nn::Module {
-public:
+  public:
     explicit T5RMSNormImpl(int64_t dim, double eps = 1e-6);
     torch::Tensor forward(const torch::Tensor& x);
     torch::Tensor weight;
 
-private:
+  private:
     double eps_;
 };
 TORCH_MODULE(T5RMSNorm);
@@ -33,13 +33,17 @@ TORCH_MODULE(T5RMSNorm);
 // Bucket of a relative position rel = key - query (T5 _relative_position_bucket). Bidirectional: buckets
 // [0, n/2) for rel <= 0 and [n/2, n) for rel > 0; within a half, exact up to n/4 and logarithmic up to
 // max_distance. Computed in float32 like the reference so that boundary cases round the same way.
-torch::Tensor relative_position_bucket(const torch::Tensor& rel_pos, int64_t num_buckets, bool bidirectional,
+torch::Tensor relative_position_bucket(const torch::Tensor& rel_pos,
+                                       int64_t num_buckets,
+                                       bool bidirectional,
                                        int64_t max_distance);
 
 // Per-head bias table over relative-position buckets; forward(lq, lk) gives [1, heads, lq, lk].
 class T5RelativeEmbeddingImpl : public torch::nn::Module {
-public:
-    T5RelativeEmbeddingImpl(int64_t num_buckets, int64_t num_heads, bool bidirectional,
+  public:
+    T5RelativeEmbeddingImpl(int64_t num_buckets,
+                            int64_t num_heads,
+                            bool bidirectional,
                             int64_t max_distance = 128);
     torch::Tensor forward(int64_t lq, int64_t lk);
     // The buckets of key - query for lq x lk positions (int64 [lq, lk]).
@@ -49,7 +53,7 @@ public:
     int64_t num_buckets() const { return num_buckets_; }
     int64_t num_heads() const { return num_heads_; }
 
-private:
+  private:
     int64_t num_buckets_;
     int64_t num_heads_;
     bool bidirectional_;
@@ -58,7 +62,7 @@ private:
 TORCH_MODULE(T5RelativeEmbedding);
 
 class T5AttentionImpl : public torch::nn::Module {
-public:
+  public:
     T5AttentionImpl(int64_t dim, int64_t dim_attn, int64_t num_heads);
     // x [B, L, dim]; mask [B, L] (nonzero = real token) or undefined;
     // pos_bias [1 or B, heads, L, L] or undefined.
@@ -69,7 +73,7 @@ public:
     int64_t dim_attn() const { return dim_attn_; }
     int64_t num_heads() const { return num_heads_; }
 
-private:
+  private:
     int64_t dim_;
     int64_t dim_attn_;
     int64_t num_heads_;
@@ -79,7 +83,7 @@ TORCH_MODULE(T5Attention);
 // fc2(fc1(x) * gelu_tanh(gate(x))). `gate` is a list holding the Linear at index 0 (the official
 // nn.Sequential(Linear, GELU)), which gives the checkpoint name ffn.gate.0.weight.
 class T5FeedForwardImpl : public torch::nn::Module {
-public:
+  public:
     T5FeedForwardImpl(int64_t dim, int64_t dim_ffn);
     torch::Tensor forward(const torch::Tensor& x);
 
@@ -89,7 +93,7 @@ public:
     int64_t dim() const { return dim_; }
     int64_t dim_ffn() const { return dim_ffn_; }
 
-private:
+  private:
     int64_t dim_;
     int64_t dim_ffn_;
 };
@@ -101,7 +105,7 @@ torch::Tensor t5_gelu(const torch::Tensor& x);
 
 // Pre-norm encoder block (official T5SelfAttention): x + attn(norm1 x), then x + ffn(norm2 x).
 class T5EncoderBlockImpl : public torch::nn::Module {
-public:
+  public:
     T5EncoderBlockImpl(const UMT5Config& config);
     // pos_bias: the shared bias when shared_pos, else undefined (the block uses its own table).
     torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask, const torch::Tensor& pos_bias);
@@ -115,13 +119,14 @@ public:
 TORCH_MODULE(T5EncoderBlock);
 
 class UMT5EncoderImpl : public torch::nn::Module {
-public:
+  public:
     explicit UMT5EncoderImpl(const UMT5Config& config);
 
     // ids int64 [B, L], mask [B, L] (any integer/bool/float dtype; nonzero = real token, EOS included) or
     // undefined (no padding). Returns float32 [B, L, dim]. When block_outputs is given, it receives the
     // output of every block (before the final norm), for tests and debugging.
-    torch::Tensor forward(const torch::Tensor& ids, const torch::Tensor& mask = {},
+    torch::Tensor forward(const torch::Tensor& ids,
+                          const torch::Tensor& mask = {},
                           std::vector<torch::Tensor>* block_outputs = nullptr);
 
     // The official init_weights: norms 1, token embedding N(0, 1), q N(0, (dim*dim_attn)^-1/2), k/v N(0,
@@ -138,7 +143,7 @@ public:
     torch::nn::ModuleList blocks{nullptr};
     T5RMSNorm norm{nullptr};
 
-private:
+  private:
     UMT5Config config_;
 };
 TORCH_MODULE(UMT5Encoder);

@@ -20,15 +20,17 @@ namespace {
 constexpr uint64_t kRandomInitSeed = 20251123;
 
 std::string resolve(const std::string& base, const std::string& path) {
-    if (path.empty() || fs::path(path).is_absolute()) return path;
+    if (path.empty() || fs::path(path).is_absolute())
+        return path;
     return (fs::path(base) / path).lexically_normal().string();
 }
 
-// The official Wan checkpoint folder carries a config.json; when it is there, its architecture numbers must agree
-// with the model config, or loading would fail later with a less helpful shape error.
+// The official Wan checkpoint folder carries a config.json; when it is there, its architecture numbers must
+// agree with the model config, or loading would fail later with a less helpful shape error.
 void check_official_dit_config(const std::string& folder, const WanDiTConfig& dit) {
     const fs::path file = fs::path(folder) / "config.json";
-    if (!fs::is_directory(folder) || !fs::exists(file)) return;
+    if (!fs::is_directory(folder) || !fs::exists(file))
+        return;
     const nlohmann::json j = read_json_file(file.string());
     auto check = [&](const char* key, int64_t expected) {
         if (j.contains(key) && j[key].is_number_integer() && j[key].get<int64_t>() != expected)
@@ -61,32 +63,37 @@ struct VideoModel::Impl {
         if (path.empty()) {
             if (!config.allow_random_weights)
                 throw CheckpointError(config.source_path, "",
-                                      std::string("names no weights for the ") + what +
-                                          " (set weights." + what + " or allow_random)");
+                                      std::string("names no weights for the ") + what + " (set weights." +
+                                          what + " or allow_random)");
             return;
         }
         load_module(module, TensorSource::open(path));
     }
 };
 
-VideoModel::VideoModel(const ModelConfig& config, const std::string& weights_dir, torch::Device device,
+VideoModel::VideoModel(const ModelConfig& config,
+                       const std::string& weights_dir,
+                       torch::Device device,
                        torch::Dtype dtype)
     : impl_(std::make_unique<Impl>()) {
     Impl& m = *impl_;
     m.config = config;
     m.device = device;
     const std::string base =
-        !weights_dir.empty() ? weights_dir
-                             : (config.source_path.empty() ? "." : fs::path(config.source_path).parent_path().string());
+        !weights_dir.empty()
+            ? weights_dir
+            : (config.source_path.empty() ? "." : fs::path(config.source_path).parent_path().string());
 
     if (config.tokenizer.empty())
-        throw CheckpointError(config.source_path, "", "names no tokenizer (weights.tokenizer: a .model file or \"byte\")");
+        throw CheckpointError(config.source_path, "",
+                              "names no tokenizer (weights.tokenizer: a .model file or \"byte\")");
     m.tokenizer = std::make_unique<Tokenizer>(
         config.tokenizer == Tokenizer::kByteModel ? config.tokenizer : resolve(base, config.tokenizer));
     if (m.tokenizer->vocab_size() > config.text_encoder.vocab)
         throw CheckpointError(config.source_path, "",
                               "the tokenizer has " + std::to_string(m.tokenizer->vocab_size()) +
-                                  " pieces but text_encoder.vocab is " + std::to_string(config.text_encoder.vocab));
+                                  " pieces but text_encoder.vocab is " +
+                                  std::to_string(config.text_encoder.vocab));
 
     torch::manual_seed(kRandomInitSeed);
     m.text_encoder = UMT5Encoder(config.text_encoder);
@@ -94,29 +101,43 @@ VideoModel::VideoModel(const ModelConfig& config, const std::string& weights_dir
 
     m.dit = WanDiT(config.dit);
     const std::string dit_path = resolve(base, config.dit_weights);
-    if (!dit_path.empty()) check_official_dit_config(dit_path, config.dit);
+    if (!dit_path.empty())
+        check_official_dit_config(dit_path, config.dit);
     m.load_or_init(*m.dit, dit_path, "dit");
 
     m.vae = WanVAE(config.vae);
     m.load_or_init(*m.vae, resolve(base, config.vae_weights), "vae");
 
-    for (torch::nn::Module* net : {static_cast<torch::nn::Module*>(m.text_encoder.get()),
-                                   static_cast<torch::nn::Module*>(m.dit.get()),
-                                   static_cast<torch::nn::Module*>(m.vae.get())}) {
+    for (torch::nn::Module* net :
+         {static_cast<torch::nn::Module*>(m.text_encoder.get()), static_cast<torch::nn::Module*>(m.dit.get()),
+          static_cast<torch::nn::Module*>(m.vae.get())}) {
         net->eval();
         net->to(device, dtype);
-        for (auto& p : net->parameters()) p.set_requires_grad(false);
+        for (auto& p : net->parameters())
+            p.set_requires_grad(false);
     }
 }
 
 VideoModel::~VideoModel() = default;
 
-const ModelConfig& VideoModel::config() const { return impl_->config; }
-torch::Device VideoModel::device() const { return impl_->device; }
-WanDiTImpl& VideoModel::dit() { return *impl_->dit; }
-WanVAEImpl& VideoModel::vae() { return *impl_->vae; }
-UMT5EncoderImpl& VideoModel::text_encoder() { return *impl_->text_encoder; }
-Tokenizer& VideoModel::tokenizer() { return *impl_->tokenizer; }
+const ModelConfig& VideoModel::config() const {
+    return impl_->config;
+}
+torch::Device VideoModel::device() const {
+    return impl_->device;
+}
+WanDiTImpl& VideoModel::dit() {
+    return *impl_->dit;
+}
+WanVAEImpl& VideoModel::vae() {
+    return *impl_->vae;
+}
+UMT5EncoderImpl& VideoModel::text_encoder() {
+    return *impl_->text_encoder;
+}
+Tokenizer& VideoModel::tokenizer() {
+    return *impl_->tokenizer;
+}
 
 torch::Tensor VideoModel::encode_prompt(const std::string& text) {
     Impl& m = *impl_;
@@ -163,7 +184,8 @@ torch::Tensor VideoModel::sample_latents(const GenerateRequest& req, const StepC
         const double t = static_cast<double>(sampler->timestep(i));
         torch::Tensor v;
         if (use_cfg) {
-            // Conditional and unconditional passes as one batch of two (the DiT treats samples independently).
+            // Conditional and unconditional passes as one batch of two (the DiT treats samples
+            // independently).
             const auto tt = torch::full({2, seq_len}, t, torch::TensorOptions().device(m.device));
             const auto out = m.dit->forward({x, x}, tt, {cond, uncond}, seq_len);
             v = cfg_combine(out[1], out[0], guidance);
@@ -172,7 +194,8 @@ torch::Tensor VideoModel::sample_latents(const GenerateRequest& req, const StepC
             v = m.dit->forward({x}, tt, {cond}, seq_len)[0];
         }
         x = sampler->step(v, i, x);
-        if (on_step) on_step(i + 1, steps);
+        if (on_step)
+            on_step(i + 1, steps);
     }
     return x;
 }
@@ -195,8 +218,8 @@ void validate_request(const ModelConfig& c, const GenerateRequest& req) {
     const int64_t gw = c.vae.spatial_factor() * c.dit.patch_size[2];
     if (req.width <= 0 || req.height <= 0 || req.width % gw || req.height % gh)
         throw std::invalid_argument("width and height must be positive multiples of " + std::to_string(gw) +
-                                    " and " + std::to_string(gh) + ", got " + std::to_string(req.width) + "x" +
-                                    std::to_string(req.height));
+                                    " and " + std::to_string(gh) + ", got " + std::to_string(req.width) +
+                                    "x" + std::to_string(req.height));
     if ((((req.frames - 1) / tf) + 1) % c.dit.patch_size[0] != 0)
         throw std::invalid_argument("the latent frame count must be a multiple of the DiT's temporal patch");
 }

@@ -1,5 +1,6 @@
-// The narrow C++ API that the CLI, the server and the trainer share: a whole Wan-family model (tokenizer, text
-// encoder, DiT, VAE, sampler) built from a ModelConfig, with its weights loaded, and text-to-video generation.
+// The narrow C++ API that the CLI, the server and the trainer share: a whole Wan-family model (tokenizer,
+// text encoder, DiT, VAE, sampler) built from a ModelConfig, with its weights loaded, and text-to-video
+// generation.
 #pragma once
 
 #include <torch/torch.h>
@@ -35,12 +36,14 @@ struct GenerateRequest {
 using StepCallback = std::function<void(int64_t, int64_t)>;
 
 class VideoModel {
-public:
+  public:
     // weights_dir: folder the config's weight paths are relative to (empty: the config file's folder).
     // Networks whose weights the config leaves empty are initialised from a fixed seed when the config allows
-    // random weights, and an error otherwise. dtype: the weights' dtype (bf16 runs bf16 matmuls and convolutions
-    // with fp32 norms, residual stream and latents, as the official GPU inference does).
-    VideoModel(const ModelConfig& config, const std::string& weights_dir = "", torch::Device device = torch::kCPU,
+    // random weights, and an error otherwise. dtype: the weights' dtype (bf16 runs bf16 matmuls and
+    // convolutions with fp32 norms, residual stream and latents, as the official GPU inference does).
+    VideoModel(const ModelConfig& config,
+               const std::string& weights_dir = "",
+               torch::Device device = torch::kCPU,
                torch::Dtype dtype = torch::kFloat32);
     ~VideoModel();
     VideoModel(const VideoModel&) = delete;
@@ -63,13 +66,14 @@ public:
     UMT5EncoderImpl& text_encoder();
     Tokenizer& tokenizer();
 
-private:
+  private:
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };
 
-// Checks a request's geometry against the model (frames 1 + 4k, sizes multiples of the VAE factor x patch) with
-// std::invalid_argument naming the problem. sample_latents() calls it; callers may call it before loading a model.
+// Checks a request's geometry against the model (frames 1 + 4k, sizes multiples of the VAE factor x patch)
+// with std::invalid_argument naming the problem. sample_latents() calls it; callers may call it before
+// loading a model.
 void validate_request(const ModelConfig& config, const GenerateRequest& request);
 
 // [3, T, H, W] in [-1, 1] -> [T, H, W, 3] uint8 (rounded), ready for a video encoder.

@@ -25,7 +25,8 @@ std::string av_error(int code) {
 }
 
 void check(int code, const std::string& path, const char* what) {
-    if (code < 0) throw std::runtime_error(path + ": " + what + ": " + av_error(code));
+    if (code < 0)
+        throw std::runtime_error(path + ": " + what + ": " + av_error(code));
 }
 
 }  // namespace
@@ -45,15 +46,21 @@ struct VideoFileWriter::Impl {
     bool finished = false;
 
     ~Impl() {
-        if (sws) sws_freeContext(sws);
-        if (packet) av_packet_free(&packet);
-        if (frame) av_frame_free(&frame);
-        if (codec) avcodec_free_context(&codec);
+        if (sws)
+            sws_freeContext(sws);
+        if (packet)
+            av_packet_free(&packet);
+        if (frame)
+            av_frame_free(&frame);
+        if (codec)
+            avcodec_free_context(&codec);
         if (format) {
-            if (format->pb) avio_closep(&format->pb);
+            if (format->pb)
+                avio_closep(&format->pb);
             avformat_free_context(format);
         }
-        if (!finished && !tmp_path.empty()) std::remove(tmp_path.c_str());
+        if (!finished && !tmp_path.empty())
+            std::remove(tmp_path.c_str());
     }
 
     // Sends one frame (or nullptr to flush) and writes every packet the encoder hands back.
@@ -61,7 +68,8 @@ struct VideoFileWriter::Impl {
         check(avcodec_send_frame(codec, input), path, "sending a frame to the encoder");
         while (true) {
             int ret = avcodec_receive_packet(codec, packet);
-            if (ret == AVERROR(EAGAIN) || ret == AVERROR_EOF) return;
+            if (ret == AVERROR(EAGAIN) || ret == AVERROR_EOF)
+                return;
             check(ret, path, "encoding");
             av_packet_rescale_ts(packet, codec->time_base, stream->time_base);
             packet->stream_index = stream->index;
@@ -73,14 +81,16 @@ struct VideoFileWriter::Impl {
 VideoFileWriter::VideoFileWriter(const std::string& path, const VideoFileOptions& options)
     : impl_(std::make_unique<Impl>()) {
     // x264 reports per-file statistics at the info level; keep the terminal for our own progress.
-    if (av_log_get_level() > AV_LOG_WARNING) av_log_set_level(AV_LOG_WARNING);
+    if (av_log_get_level() > AV_LOG_WARNING)
+        av_log_set_level(AV_LOG_WARNING);
     Impl& m = *impl_;
     m.path = path;
     m.options = options;
     if (options.width <= 0 || options.height <= 0 || options.width % 2 || options.height % 2)
         throw std::runtime_error(path + ": width and height must be positive and even for H.264 (got " +
                                  std::to_string(options.width) + "x" + std::to_string(options.height) + ")");
-    if (options.fps <= 0) throw std::runtime_error(path + ": fps must be positive");
+    if (options.fps <= 0)
+        throw std::runtime_error(path + ": fps must be positive");
     struct stat st {};
     if (path.empty() || path.back() == '/' || (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)))
         throw std::runtime_error(path + ": is a folder, not a file name");
@@ -88,8 +98,10 @@ VideoFileWriter::VideoFileWriter(const std::string& path, const VideoFileOptions
     check(avformat_alloc_output_context2(&m.format, nullptr, "mp4", m.tmp_path.c_str()), path,
           "creating the MP4 muxer");
     const AVCodec* encoder = avcodec_find_encoder_by_name("libx264");
-    if (!encoder) encoder = avcodec_find_encoder(AV_CODEC_ID_H264);
-    if (!encoder) throw std::runtime_error(path + ": no H.264 encoder in this FFmpeg build");
+    if (!encoder)
+        encoder = avcodec_find_encoder(AV_CODEC_ID_H264);
+    if (!encoder)
+        throw std::runtime_error(path + ": no H.264 encoder in this FFmpeg build");
     m.stream = avformat_new_stream(m.format, nullptr);
     m.codec = avcodec_alloc_context3(encoder);
     m.codec->width = options.width;
@@ -98,7 +110,8 @@ VideoFileWriter::VideoFileWriter(const std::string& path, const VideoFileOptions
     m.codec->framerate = AVRational{options.fps, 1};
     m.codec->pix_fmt = AV_PIX_FMT_YUV420P;
     m.codec->gop_size = options.fps * 2;
-    if (m.format->oformat->flags & AVFMT_GLOBALHEADER) m.codec->flags |= AV_CODEC_FLAG_GLOBAL_HEADER;
+    if (m.format->oformat->flags & AVFMT_GLOBALHEADER)
+        m.codec->flags |= AV_CODEC_FLAG_GLOBAL_HEADER;
     av_opt_set(m.codec->priv_data, "preset", options.preset.c_str(), 0);
     av_opt_set(m.codec->priv_data, "crf", std::to_string(options.crf).c_str(), 0);
     check(avcodec_open2(m.codec, encoder, nullptr), path, "opening the H.264 encoder");
@@ -121,14 +134,16 @@ VideoFileWriter::VideoFileWriter(const std::string& path, const VideoFileOptions
     m.packet = av_packet_alloc();
     m.sws = sws_getContext(options.width, options.height, AV_PIX_FMT_RGB24, options.width, options.height,
                            AV_PIX_FMT_YUV420P, SWS_BICUBIC, nullptr, nullptr, nullptr);
-    if (!m.sws) throw std::runtime_error(path + ": cannot create the RGB to YUV converter");
+    if (!m.sws)
+        throw std::runtime_error(path + ": cannot create the RGB to YUV converter");
 }
 
 VideoFileWriter::~VideoFileWriter() = default;
 
 void VideoFileWriter::write_rgb(const uint8_t* rgb) {
     Impl& m = *impl_;
-    if (m.finished) throw std::runtime_error(m.path + ": write after finish");
+    if (m.finished)
+        throw std::runtime_error(m.path + ": write after finish");
     check(av_frame_make_writable(m.frame), m.path, "making the frame writable");
     const uint8_t* src[1] = {rgb};
     const int stride[1] = {m.options.width * 3};
@@ -139,15 +154,19 @@ void VideoFileWriter::write_rgb(const uint8_t* rgb) {
 
 void VideoFileWriter::finish() {
     Impl& m = *impl_;
-    if (m.finished) return;
+    if (m.finished)
+        return;
     m.encode(nullptr);
     check(av_write_trailer(m.format), m.path, "writing the MP4 trailer");
     avio_closep(&m.format->pb);
     if (std::rename(m.tmp_path.c_str(), m.path.c_str()) != 0)
-        throw std::runtime_error(m.path + ": cannot move the finished file into place: " + std::strerror(errno));
+        throw std::runtime_error(m.path +
+                                 ": cannot move the finished file into place: " + std::strerror(errno));
     m.finished = true;
 }
 
-int64_t VideoFileWriter::frames_written() const { return impl_->next_pts; }
+int64_t VideoFileWriter::frames_written() const {
+    return impl_->next_pts;
+}
 
 }  // namespace memoreel

@@ -12,14 +12,15 @@ struct VideoFileOptions {
     int width = 0;
     int height = 0;
     int fps = 24;
-    int crf = 18;                          // x264 quality (lower is better)
-    std::string preset = "veryfast";       // x264 speed preset
+    int crf = 18;                     // x264 quality (lower is better)
+    std::string preset = "veryfast";  // x264 speed preset
 };
 
 // Writes frames as they come; finish() flushes the encoder and writes the trailer. The file appears under its
-// name only when finish() succeeds (written to a temporary name, then renamed), so a crash leaves no half file.
+// name only when finish() succeeds (written to a temporary name, then renamed), so a crash leaves no half
+// file.
 class VideoFileWriter {
-public:
+  public:
     VideoFileWriter(const std::string& path, const VideoFileOptions& options);
     ~VideoFileWriter();
     VideoFileWriter(const VideoFileWriter&) = delete;
@@ -30,7 +31,7 @@ public:
     void finish();
     int64_t frames_written() const;
 
-private:
+  private:
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };

@@ -9,7 +9,9 @@ using memoreel::test::TempDir;
 
 namespace {
 
-std::string config_path(const std::string& name) { return memoreel::test::source_dir() + "/configs/models/" + name; }
+std::string config_path(const std::string& name) {
+    return memoreel::test::source_dir() + "/configs/models/" + name;
+}
 
 // Loads the tiny config, applies an edit to its JSON, and returns the error message of loading the result.
 std::string error_after(const std::function<void(nlohmann::json&)>& edit) {
@@ -62,30 +64,37 @@ TEST_SUITE("config") {
               std::string::npos);
         CHECK(error_after([](auto& j) { j["dit"]["dimm"] = 3; }).find("field 'dit.dimm': unknown field") !=
               std::string::npos);
-        CHECK(error_after([](auto& j) { j["dit"]["dim"] = "wide"; }).find("field 'dit.dim': must be an integer") !=
-              std::string::npos);
+        CHECK(error_after([](auto& j) {
+                  j["dit"]["dim"] = "wide";
+              }).find("field 'dit.dim': must be an integer") != std::string::npos);
         CHECK(error_after([](auto& j) { j["dit"]["in_dim"] = 48; }).find("must equal vae.z_dim") !=
               std::string::npos);
-        CHECK(error_after([](auto& j) { j["video"]["width"] = 100; }).find("multiples of 16") != std::string::npos);
+        CHECK(error_after([](auto& j) { j["video"]["width"] = 100; }).find("multiples of 16") !=
+              std::string::npos);
         CHECK(error_after([](auto& j) { j["video"]["frames"] = 10; }).find("1 + a multiple of 4") !=
               std::string::npos);
         CHECK(error_after([](auto& j) { j["sampler"]["solver"] = "ddim"; }).find("solver must be") !=
               std::string::npos);
-        CHECK(error_after([](auto& j) { j["vae"]["mean"] = {1.0, 2.0}; }).find("mean must have z_dim") !=
+        CHECK(error_after([](auto& j) {
+                  j["vae"]["mean"] = {1.0, 2.0};
+              }).find("mean must have z_dim") != std::string::npos);
+        CHECK(error_after([](auto& j) { j.erase("dit"); }).find("field 'dit': is required") !=
               std::string::npos);
-        CHECK(error_after([](auto& j) { j.erase("dit"); }).find("field 'dit': is required") != std::string::npos);
         CHECK(error_after([](auto& j) { j["dit"]["num_heads"] = 32; }).find("head_dim") != std::string::npos);
         CHECK(error_after([](auto& j) { j["video"]["frames"] = 33.9; }).find("must be an integer") !=
               std::string::npos);
-        CHECK(error_after([](auto& j) { j["dit"]["dim"] = 1e300; }).find("must be an integer") != std::string::npos);
+        CHECK(error_after([](auto& j) { j["dit"]["dim"] = 1e300; }).find("must be an integer") !=
+              std::string::npos);
         // Sizes that would overflow derived factors (and divide by zero) are refused up front.
         CHECK(error_after([](auto& j) {
                   j["vae"]["dim_mult"] = std::vector<int>(64, 1);
                   j["vae"]["temperal_downsample"] = std::vector<bool>(63, true);
               }).find("dim_mult must have 1 to 8 entries") != std::string::npos);
-        CHECK(error_after([](auto& j) { j["dit"]["patch_size"] = {1, int64_t(1) << 62, int64_t(1) << 62}; })
-                  .find("patch_size entries must be in [1, 64]") != std::string::npos);
-        CHECK(error_after([](auto& j) { j["text_encoder"]["dim_attn"] = -4; }).find("dim_attn") != std::string::npos);
+        CHECK(error_after([](auto& j) {
+                  j["dit"]["patch_size"] = {1, int64_t(1) << 62, int64_t(1) << 62};
+              }).find("patch_size entries must be in [1, 64]") != std::string::npos);
+        CHECK(error_after([](auto& j) { j["text_encoder"]["dim_attn"] = -4; }).find("dim_attn") !=
+              std::string::npos);
         CHECK(error_after([](auto& j) { j["dit"]["num_layers"] = 1000000; }).find("num_layers must be in") !=
               std::string::npos);
     }

@@ -1,5 +1,5 @@
-// `memoreel generate` end to end: the executable writes an MP4 that ffprobe reads back with the frame count, size
-// and rate asked for; bad requests fail with a clear message and no file.
+// `memoreel generate` end to end: the executable writes an MP4 that ffprobe reads back with the frame count,
+// size and rate asked for; bad requests fail with a clear message and no file.
 #include <cstdio>
 #include <filesystem>
 
@@ -19,14 +19,16 @@ Result run(const std::string& cmd) {
     FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
     REQUIRE(p != nullptr);
     char buf[512];
-    while (std::fgets(buf, sizeof(buf), p)) r.output += buf;
+    while (std::fgets(buf, sizeof(buf), p))
+        r.output += buf;
     r.status = ::pclose(p);
     return r;
 }
 
 std::string generate_cmd(const std::string& extra) {
     return "'" + memoreel::test::memoreel_binary() + "' --threads 2 generate --model '" +
-           memoreel::test::source_dir() + "/configs/models/memoreel-tiny.json' --prompt 'a green fox' " + extra;
+           memoreel::test::source_dir() + "/configs/models/memoreel-tiny.json' --prompt 'a green fox' " +
+           extra;
 }
 
 }  // namespace
@@ -34,13 +36,15 @@ std::string generate_cmd(const std::string& extra) {
 TEST_SUITE("generate") {
     TEST_CASE("writes a playable MP4 with the frames, size and fps asked for") {
         TempDir dir;
-        const auto r = run(generate_cmd("--frames 9 --width 96 --height 64 --fps 12 --steps 2 --seed 3 --out '" +
-                                        dir.file("clip.mp4") + "'"));
+        const auto r =
+            run(generate_cmd("--frames 9 --width 96 --height 64 --fps 12 --steps 2 --seed 3 --out '" +
+                             dir.file("clip.mp4") + "'"));
         INFO(r.output);
         REQUIRE(r.status == 0);
-        const auto probe = run("ffprobe -v error -count_frames -select_streams v:0 -show_entries "
-                               "stream=codec_name,width,height,r_frame_rate,nb_read_frames -of csv=p=0 '" +
-                               dir.file("clip.mp4") + "'");
+        const auto probe =
+            run("ffprobe -v error -count_frames -select_streams v:0 -show_entries "
+                "stream=codec_name,width,height,r_frame_rate,nb_read_frames -of csv=p=0 '" +
+                dir.file("clip.mp4") + "'");
         CHECK(probe.output == "h264,96,64,12/1,9\n");
         CHECK(r.output.find("sampling") != std::string::npos);  // the progress bar
     }
@@ -74,11 +78,12 @@ TEST_SUITE("generate") {
         CHECK(r.output.find("nope.json") != std::string::npos);
         CHECK(!std::filesystem::exists(dir.file("x.mp4")));
         // Command-line values outside their range are refused by the parser, before anything loads.
-        for (const std::string bad : {"--guidance -3", "--shift -1", "--fps 4294967320", "--solver ddim",
-                                      "--dtype fp8"}) {
+        for (const std::string bad :
+             {"--guidance -3", "--shift -1", "--fps 4294967320", "--solver ddim", "--dtype fp8"}) {
             r = run(generate_cmd(bad + " --out '" + dir.file("x.mp4") + "'"));
             CHECK_MESSAGE(r.status != 0, bad);
-            CHECK_MESSAGE(r.output.find(bad.substr(0, bad.find(' '))) != std::string::npos, bad << ": " << r.output);
+            CHECK_MESSAGE(r.output.find(bad.substr(0, bad.find(' '))) != std::string::npos,
+                          bad << ": " << r.output);
         }
         r = run(generate_cmd("--frames 5 --out '" + dir.file("no/such/dir/") + "'"));
         CHECK(r.status != 0);

@@ -23,11 +23,13 @@ struct ToyBlock : torch::nn::Module {
 struct ToyNet : torch::nn::Module {
     ToyNet() {
         blocks = register_module("blocks", torch::nn::ModuleList());
-        for (int i = 0; i < 2; ++i) blocks->push_back(std::make_shared<ToyBlock>());
+        for (int i = 0; i < 2; ++i)
+            blocks->push_back(std::make_shared<ToyBlock>());
         head = register_module("head", Linear(8, 3));
     }
     torch::Tensor forward(torch::Tensor x) {
-        for (const auto& b : *blocks) x = b->as<ToyBlock>()->forward(x);
+        for (const auto& b : *blocks)
+            x = b->as<ToyBlock>()->forward(x);
         return head(x);
     }
     torch::nn::ModuleList blocks{nullptr};
@@ -37,7 +39,8 @@ struct ToyNet : torch::nn::Module {
 // Trains the adapters a few steps towards a random target so that they are non-zero.
 void train_adapters(ToyNet& net, int steps = 20) {
     std::vector<torch::Tensor> params;
-    for (auto& [name, p] : lora_parameters(net)) params.push_back(p);
+    for (auto& [name, p] : lora_parameters(net))
+        params.push_back(p);
     torch::optim::Adam opt(params, torch::optim::AdamOptions(1e-2));
     torch::manual_seed(3);
     const auto x = torch::randn({16, 8});
@@ -59,7 +62,8 @@ TEST_SUITE("lora") {
         const auto x = torch::randn({4, 8});
         const auto before = net.forward(x).detach();
         std::map<std::string, torch::Tensor> base;
-        for (auto& p : net.named_parameters()) base[p.key()] = p.value().detach().clone();
+        for (auto& p : net.named_parameters())
+            base[p.key()] = p.value().detach().clone();
 
         const auto layers = attach_lora(net, {4, 8.0, [](const std::string& n) { return n != "head"; }});
         CHECK(layers.size() == 6);  // q, ffn.0, ffn.2 in two blocks; head excluded
@@ -68,12 +72,15 @@ TEST_SUITE("lora") {
         CHECK(net.named_parameters().contains("blocks.0.q.weight"));
         CHECK_CLOSE(net.forward(x), before, 0.0);
 
-        for (auto& p : net.parameters()) p.set_requires_grad(false);
-        for (auto& [name, p] : lora_parameters(net)) p.set_requires_grad(true);
+        for (auto& p : net.parameters())
+            p.set_requires_grad(false);
+        for (auto& [name, p] : lora_parameters(net))
+            p.set_requires_grad(true);
         train_adapters(net);
         CHECK(memoreel::test::max_abs_diff(net.forward(x), before) > 1e-3);
         for (auto& p : net.named_parameters())
-            if (base.count(p.key())) CHECK_MESSAGE(torch::equal(p.value(), base[p.key()]), p.key());
+            if (base.count(p.key()))
+                CHECK_MESSAGE(torch::equal(p.value(), base[p.key()]), p.key());
     }
 
     TEST_CASE("merge equals the adapter path, and unmerge restores the base weights") {
@@ -85,13 +92,15 @@ TEST_SUITE("lora") {
         const auto x = torch::randn({5, 8});
         const auto with_adapter = net.forward(x);
         std::map<std::string, torch::Tensor> base;
-        for (auto& p : net.named_parameters()) base[p.key()] = p.value().clone();
+        for (auto& p : net.named_parameters())
+            base[p.key()] = p.value().clone();
 
         merge_lora(net);
         CHECK(!torch::equal(net.head->weight, base["head.weight"]));
         CHECK_CLOSE(net.forward(x), with_adapter, 1e-5);
         unmerge_lora(net);
-        for (auto& p : net.named_parameters()) CHECK_CLOSE(p.value(), base[p.key()], 1e-6);
+        for (auto& p : net.named_parameters())
+            CHECK_CLOSE(p.value(), base[p.key()], 1e-6);
         CHECK_CLOSE(net.forward(x), with_adapter, 1e-6);
         detach_lora(net);
         CHECK(lora_parameters(net).empty());
@@ -111,7 +120,8 @@ TEST_SUITE("lora") {
 
         ToyNet fresh;
         torch::NoGradGuard no_grad;
-        for (auto& p : fresh.named_parameters()) p.value().copy_(net.named_parameters()[p.key()]);
+        for (auto& p : fresh.named_parameters())
+            p.value().copy_(net.named_parameters()[p.key()]);
         load_lora(dir.file("adapter.safetensors"), fresh);
         const auto x = torch::randn({3, 8});
         CHECK_CLOSE(fresh.forward(x), net.forward(x), 1e-6);
@@ -131,17 +141,17 @@ TEST_SUITE("lora") {
         CHECK(torch::equal(net.head->lora_up, b));
 
         ToyNet other;
-        save_tensors(dir.file("wrong.safetensors"), {{"head.lora_down", torch::zeros({2, 7})},
-                                                     {"head.lora_up", torch::zeros({3, 2})}});
+        save_tensors(dir.file("wrong.safetensors"),
+                     {{"head.lora_down", torch::zeros({2, 7})}, {"head.lora_up", torch::zeros({3, 2})}});
         CHECK_THROWS_WITH_AS(load_lora(dir.file("wrong.safetensors"), other), doctest::Contains("do not fit"),
                              CheckpointError);
-        save_tensors(dir.file("nolayer.safetensors"), {{"tail.lora_down", torch::zeros({2, 8})},
-                                                       {"tail.lora_up", torch::zeros({3, 2})}});
+        save_tensors(dir.file("nolayer.safetensors"),
+                     {{"tail.lora_down", torch::zeros({2, 8})}, {"tail.lora_up", torch::zeros({3, 2})}});
         CHECK_THROWS_WITH_AS(load_lora(dir.file("nolayer.safetensors"), other),
                              doctest::Contains("no linear layer 'tail'"), CheckpointError);
         save_tensors(dir.file("half.safetensors"), {{"head.lora_down", torch::zeros({2, 8})}});
-        CHECK_THROWS_WITH_AS(load_lora(dir.file("half.safetensors"), other), doctest::Contains("no matching up"),
-                             CheckpointError);
+        CHECK_THROWS_WITH_AS(load_lora(dir.file("half.safetensors"), other),
+                             doctest::Contains("no matching up"), CheckpointError);
     }
 
     TEST_CASE("a file with one bad adapter changes nothing; bad alphas are clear errors") {
@@ -154,12 +164,12 @@ TEST_SUITE("lora") {
         CHECK_THROWS_AS(load_lora(dir.file("partly.safetensors"), net), CheckpointError);
         CHECK(lora_parameters(net).empty());  // head got no adapter although its tensors were fine
 
-        save_tensors(dir.file("scalar.safetensors"), {{"head.lora_down", torch::tensor(1.0f)},
-                                                      {"head.lora_up", torch::ones({3, 2})}});
+        save_tensors(dir.file("scalar.safetensors"),
+                     {{"head.lora_down", torch::tensor(1.0f)}, {"head.lora_up", torch::ones({3, 2})}});
         CHECK_THROWS_WITH_AS(load_lora(dir.file("scalar.safetensors"), net), doctest::Contains("do not fit"),
                              CheckpointError);
-        save_tensors(dir.file("alpha.safetensors"), {{"head.lora_down", torch::ones({2, 8})},
-                                                     {"head.lora_up", torch::ones({3, 2})}},
+        save_tensors(dir.file("alpha.safetensors"),
+                     {{"head.lora_down", torch::ones({2, 8})}, {"head.lora_up", torch::ones({3, 2})}},
                      {{"alpha.head", "abc"}});
         CHECK_THROWS_WITH_AS(load_lora(dir.file("alpha.safetensors"), net), doctest::Contains("not a number"),
                              CheckpointError);

@@ -4,7 +4,8 @@
 #include <torch/torch.h>
 
 int main(int argc, char** argv) {
-    // Parity tests hold fp32 tolerances that do not depend on the thread count; 2 threads match the CI machine.
+    // Parity tests hold fp32 tolerances that do not depend on the thread count; 2 threads match the CI
+    // machine.
     torch::set_num_threads(2);
     doctest::Context context(argc, argv);
     return context.run();

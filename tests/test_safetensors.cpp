@@ -12,13 +12,17 @@ using memoreel::test::TempDir;
 namespace {
 
 // Writes a raw file: 8-byte little-endian length (or a forged one), the header text, then data bytes.
-void write_raw(const std::string& path, const std::string& header, size_t data_bytes,
+void write_raw(const std::string& path,
+               const std::string& header,
+               size_t data_bytes,
                std::optional<uint64_t> forged_len = std::nullopt) {
     std::ofstream out(path, std::ios::binary);
     uint64_t n = forged_len.value_or(header.size());
-    for (int i = 0; i < 8; ++i) out.put(static_cast<char>((n >> (8 * i)) & 0xff));
+    for (int i = 0; i < 8; ++i)
+        out.put(static_cast<char>((n >> (8 * i)) & 0xff));
     out << header;
-    for (size_t i = 0; i < data_bytes; ++i) out.put(static_cast<char>(i));
+    for (size_t i = 0; i < data_bytes; ++i)
+        out.put(static_cast<char>(i));
 }
 
 std::string open_error(const std::string& path) {
@@ -30,7 +34,9 @@ std::string open_error(const std::string& path) {
     return "";
 }
 
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+bool contains(const std::string& s, const std::string& part) {
+    return s.find(part) != std::string::npos;
+}
 
 struct TwoLinear : torch::nn::Module {
     TwoLinear() {
@@ -69,7 +75,8 @@ TEST_SUITE("safetensors") {
         // The header is padded to 8 bytes and the file is exactly header + data.
         auto file = SafetensorsFile::open(dir.file("all.safetensors"));
         uint64_t data = 0;
-        for (const auto& t : file->tensors()) data += t.nbytes();
+        for (const auto& t : file->tensors())
+            data += t.nbytes();
         CHECK((file->file_size() - data - 8) % 8 == 0);
     }
 
@@ -155,12 +162,14 @@ TEST_SUITE("safetensors") {
     TEST_CASE("a failed write leaves the old file and no temporary behind") {
         TempDir dir;
         save_tensors(dir.file("w.safetensors"), {{"x", torch::ones({2})}});
-        CHECK_THROWS_AS(write_file_atomic(dir.file("w.safetensors"),
-                                          [](std::ostream&) { throw CheckpointError("w", "", "simulated failure"); }),
-                        CheckpointError);
+        CHECK_THROWS_AS(
+            write_file_atomic(dir.file("w.safetensors"),
+                              [](std::ostream&) { throw CheckpointError("w", "", "simulated failure"); }),
+            CheckpointError);
         CHECK(torch::equal(TensorSource::open(dir.file("w.safetensors")).get("x"), torch::ones({2})));
         int files = 0;
-        for (auto& e : std::filesystem::directory_iterator(dir.path())) files += e.is_regular_file();
+        for (auto& e : std::filesystem::directory_iterator(dir.path()))
+            files += e.is_regular_file();
         CHECK(files == 1);
     }
 
@@ -267,11 +276,12 @@ TEST_SUITE("safetensors") {
         }
         // An index that is not JSON.
         write_file_atomic(dir.file("diffusion_pytorch_model.safetensors.index.json"), "{oops");
-        CHECK_THROWS_WITH_AS(TensorSource::open(dir.path()), doctest::Contains("invalid JSON"), CheckpointError);
+        CHECK_THROWS_WITH_AS(TensorSource::open(dir.path()), doctest::Contains("invalid JSON"),
+                             CheckpointError);
     }
 
     TEST_CASE("a missing path is a clear error") {
-        CHECK_THROWS_WITH_AS(TensorSource::open("no/such/model.safetensors"), doctest::Contains("does not exist"),
-                             CheckpointError);
+        CHECK_THROWS_WITH_AS(TensorSource::open("no/such/model.safetensors"),
+                             doctest::Contains("does not exist"), CheckpointError);
     }
 }

@@ -10,7 +10,8 @@ namespace fs = std::filesystem;
 namespace memoreel::test {
 
 std::string source_dir() {
-    if (const char* env = std::getenv("MEMOREEL_SOURCE_DIR")) return env;
+    if (const char* env = std::getenv("MEMOREEL_SOURCE_DIR"))
+        return env;
 #ifdef MEMOREEL_DEFAULT_SOURCE_DIR
     return MEMOREEL_DEFAULT_SOURCE_DIR;
 #else
@@ -19,11 +20,14 @@ std::string source_dir() {
 }
 
 std::string golden_dir() {
-    if (const char* env = std::getenv("MEMOREEL_GOLDEN_DIR")) return env;
+    if (const char* env = std::getenv("MEMOREEL_GOLDEN_DIR"))
+        return env;
     return (fs::path(source_dir()) / ".." / "shared" / "golden" / "wan").lexically_normal().string();
 }
 
-std::string golden_file(const std::string& name) { return golden_dir() + "/" + name; }
+std::string golden_file(const std::string& name) {
+    return golden_dir() + "/" + name;
+}
 
 std::string memoreel_binary() {
     return (fs::read_symlink("/proc/self/exe").parent_path() / "memoreel").string();
@@ -31,7 +35,8 @@ std::string memoreel_binary() {
 
 TempDir::TempDir() {
     std::string templ = (fs::temp_directory_path() / "memoreel-test-XXXXXX").string();
-    if (!::mkdtemp(templ.data())) throw std::runtime_error("mkdtemp failed");
+    if (!::mkdtemp(templ.data()))
+        throw std::runtime_error("mkdtemp failed");
     path_ = templ;
 }
 
@@ -41,7 +46,8 @@ TempDir::~TempDir() {
 }
 
 double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
-    if (a.numel() == 0) return 0.0;
+    if (a.numel() == 0)
+        return 0.0;
     return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
 }
 

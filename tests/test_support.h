@@ -20,7 +20,7 @@ std::string memoreel_binary();
 
 // A fresh temporary folder, removed when the object goes out of scope.
 class TempDir {
-public:
+  public:
     TempDir();
     ~TempDir();
     TempDir(const TempDir&) = delete;
@@ -28,7 +28,7 @@ public:
     const std::string& path() const { return path_; }
     std::string file(const std::string& name) const { return path_ + "/" + name; }
 
-private:
+  private:
     std::string path_;
 };
 
@@ -38,11 +38,11 @@ double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b);
 }  // namespace memoreel::test
 
 // Asserts same shape and max |a-b| <= atol, printing the difference when it fails.
-#define CHECK_CLOSE(a, b, atol)                                                                    \
-    do {                                                                                           \
-        const auto _a = (a);                                                                       \
-        const auto _b = (b);                                                                       \
+#define CHECK_CLOSE(a, b, atol)                                                                             \
+    do {                                                                                                    \
+        const auto _a = (a);                                                                                \
+        const auto _b = (b);                                                                                \
         REQUIRE_MESSAGE(_a.sizes() == _b.sizes(), "shapes differ: " << _a.sizes() << " vs " << _b.sizes()); \
-        const double _d = ::memoreel::test::max_abs_diff(_a, _b);                                  \
-        CHECK_MESSAGE(_d <= (atol), #a " vs " #b ": max abs diff " << _d << " > " << (atol));       \
+        const double _d = ::memoreel::test::max_abs_diff(_a, _b);                                           \
+        CHECK_MESSAGE(_d <= (atol), #a " vs " #b ": max abs diff " << _d << " > " << (atol));               \
     } while (0)

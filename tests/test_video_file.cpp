@@ -15,7 +15,8 @@ std::string run(const std::string& cmd) {
     FILE* p = ::popen(cmd.c_str(), "r");
     REQUIRE(p != nullptr);
     char buf[256];
-    while (std::fgets(buf, sizeof(buf), p)) out += buf;
+    while (std::fgets(buf, sizeof(buf), p))
+        out += buf;
     ::pclose(p);
     return out;
 }
@@ -30,16 +31,18 @@ TEST_SUITE("video_file") {
             VideoFileWriter writer(dir.file("clip.mp4"), {w, h, 16});
             std::vector<uint8_t> rgb(w * h * 3);
             for (int t = 0; t < n; ++t) {
-                for (int i = 0; i < w * h * 3; ++i) rgb[i] = static_cast<uint8_t>((i * 7 + t * 13) & 0xff);
+                for (int i = 0; i < w * h * 3; ++i)
+                    rgb[i] = static_cast<uint8_t>((i * 7 + t * 13) & 0xff);
                 writer.write_rgb(rgb.data());
             }
             CHECK(!std::filesystem::exists(dir.file("clip.mp4")));  // appears only when finished
             writer.finish();
             CHECK(writer.frames_written() == n);
         }
-        const std::string probe = run("ffprobe -v error -count_frames -select_streams v:0 -show_entries "
-                                      "stream=codec_name,width,height,r_frame_rate,nb_read_frames -of csv=p=0 '" +
-                                      dir.file("clip.mp4") + "'");
+        const std::string probe =
+            run("ffprobe -v error -count_frames -select_streams v:0 -show_entries "
+                "stream=codec_name,width,height,r_frame_rate,nb_read_frames -of csv=p=0 '" +
+                dir.file("clip.mp4") + "'");
         CHECK(probe == "h264,96,64,16/1," + std::to_string(n) + "\n");
     }
 

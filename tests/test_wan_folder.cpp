@@ -1,5 +1,5 @@
-// The official Wan checkpoint folder layout (config.json + sharded safetensors + index) loads into the DiT and
-// reproduces the golden output; LoRA attaches to the DiT's linear layers under the official names.
+// The official Wan checkpoint folder layout (config.json + sharded safetensors + index) loads into the DiT
+// and reproduces the golden output; LoRA attaches to the DiT's linear layers under the official names.
 #include <filesystem>
 
 #include "model/checkpoint.h"
@@ -14,7 +14,8 @@ using memoreel::test::TempDir;
 namespace {
 
 const TensorSource& golden() {
-    static const TensorSource src = TensorSource::open(memoreel::test::golden_file("dit_tiny_ti2v.safetensors"));
+    static const TensorSource src =
+        TensorSource::open(memoreel::test::golden_file("dit_tiny_ti2v.safetensors"));
     return src;
 }
 
@@ -26,7 +27,8 @@ WanDiTConfig golden_config() {
 void write_official_folder(const std::string& dir) {
     std::vector<std::pair<std::string, torch::Tensor>> weights;
     for (const auto& name : golden().names())
-        if (name.rfind("weights.", 0) == 0) weights.emplace_back(name.substr(8), golden().get(name));
+        if (name.rfind("weights.", 0) == 0)
+            weights.emplace_back(name.substr(8), golden().get(name));
     save_sharded(dir, "diffusion_pytorch_model", weights, /*max_shard_bytes=*/1 << 20);
     auto config = nlohmann::json::parse(golden().metadata().at("config"));
     config["_class_name"] = "WanModel";
@@ -54,7 +56,8 @@ TEST_SUITE("wan_folder") {
             shards += e.path().extension() == ".safetensors";
         CHECK(shards >= 3);
         // The folder's config.json is the official one: it parses as a DiT config.
-        const auto cfg = WanDiTConfig::from_json(read_json_file(dir.file("config.json")), dir.file("config.json"));
+        const auto cfg =
+            WanDiTConfig::from_json(read_json_file(dir.file("config.json")), dir.file("config.json"));
         CHECK(cfg.dim == 128);
         WanDiT dit(cfg);
         load_module(*dit, TensorSource::open(dir.path()));
@@ -65,7 +68,8 @@ TEST_SUITE("wan_folder") {
         TempDir dir;
         std::vector<std::pair<std::string, torch::Tensor>> weights;
         for (const auto& name : golden().names())
-            if (name.rfind("weights.", 0) == 0) weights.emplace_back(name.substr(8), golden().get(name));
+            if (name.rfind("weights.", 0) == 0)
+                weights.emplace_back(name.substr(8), golden().get(name));
         save_tensors(dir.file("model.safetensors"), weights, {}, torch::kBFloat16);
         WanDiT dit(golden_config());
         load_module(*dit, TensorSource::open(dir.path()));
@@ -81,29 +85,34 @@ TEST_SUITE("wan_folder") {
         WanDiT dit(golden_config());
         load_module(*dit, golden(), LoadOptions{"weights."});
         const auto before = run_case_a(dit);
-        const auto layers = attach_lora(*dit, {8, 8.0, [](const std::string& n) {
-                                                   return n.find("blocks.") == 0 && n.find("attn.") != std::string::npos;
-                                               }});
+        const auto layers =
+            attach_lora(*dit, {8, 8.0, [](const std::string& n) {
+                                   return n.find("blocks.") == 0 && n.find("attn.") != std::string::npos;
+                               }});
         CHECK(layers.size() == 2 * 2 * 4);  // 2 blocks x (self, cross) x (q, k, v, o)
-        // The base checkpoint still loads strictly into the model with adapters (they are allowed to be absent).
+        // The base checkpoint still loads strictly into the model with adapters (they are allowed to be
+        // absent).
         LoadOptions opts{"weights."};
         opts.may_be_missing = [](const std::string& n) { return n.find(".lora_") != std::string::npos; };
         load_module(*dit, golden(), opts);
         CHECK_CLOSE(run_case_a(dit), before, 0.0);
         {
             torch::NoGradGuard no_grad;
-            for (auto& [name, p] : lora_parameters(*dit)) p.normal_(0, 0.05);
+            for (auto& [name, p] : lora_parameters(*dit))
+                p.normal_(0, 0.05);
         }
         const auto adapted = run_case_a(dit);
         CHECK(memoreel::test::max_abs_diff(adapted, before) > 1e-3);
         save_lora(dir.file("lora.safetensors"), *dit);
         std::map<std::string, torch::Tensor> base;
         for (auto& p : dit->named_parameters())
-            if (p.key().find(".lora_") == std::string::npos) base[p.key()] = p.value().clone();
+            if (p.key().find(".lora_") == std::string::npos)
+                base[p.key()] = p.value().clone();
         merge_lora(*dit);
         CHECK_CLOSE(run_case_a(dit), adapted, 1e-4);
         unmerge_lora(*dit);
-        for (auto& [name, w] : base) CHECK_CLOSE(dit->named_parameters()[name], w, 1e-6);
+        for (auto& [name, w] : base)
+            CHECK_CLOSE(dit->named_parameters()[name], w, 1e-6);
 
         WanDiT fresh(golden_config());
         load_module(*fresh, golden(), LoadOptions{"weights."});

@@ -12,7 +12,8 @@
 namespace {
 
 void set_error(char* error, size_t error_len, const std::string& what) {
-    if (!error || error_len == 0) return;
+    if (!error || error_len == 0)
+        return;
     std::strncpy(error, what.c_str(), error_len - 1);
     error[error_len - 1] = '\0';
 }
@@ -32,8 +33,8 @@ MSPM_EXPORT void* mspm_load(const char* path, char* error, size_t error_len) {
     return sp;
 }
 
-MSPM_EXPORT int64_t mspm_encode(void* handle, const char* text, int32_t* ids, int64_t capacity, char* error,
-                                size_t error_len) {
+MSPM_EXPORT int64_t
+mspm_encode(void* handle, const char* text, int32_t* ids, int64_t capacity, char* error, size_t error_len) {
     auto* sp = static_cast<sentencepiece::SentencePieceProcessor*>(handle);
     std::vector<int> out;
     const auto status = sp->Encode(text, &out);
@@ -41,12 +42,18 @@ MSPM_EXPORT int64_t mspm_encode(void* handle, const char* text, int32_t* ids, in
         set_error(error, error_len, status.ToString());
         return -1;
     }
-    for (int64_t i = 0; i < static_cast<int64_t>(out.size()) && i < capacity; ++i) ids[i] = out[i];
+    for (int64_t i = 0; i < static_cast<int64_t>(out.size()) && i < capacity; ++i)
+        ids[i] = out[i];
     return static_cast<int64_t>(out.size());
 }
 
-MSPM_EXPORT int64_t mspm_decode(void* handle, const int32_t* ids, int64_t n, char* out, int64_t capacity,
-                                char* error, size_t error_len) {
+MSPM_EXPORT int64_t mspm_decode(void* handle,
+                                const int32_t* ids,
+                                int64_t n,
+                                char* out,
+                                int64_t capacity,
+                                char* error,
+                                size_t error_len) {
     auto* sp = static_cast<sentencepiece::SentencePieceProcessor*>(handle);
     std::vector<int> in(ids, ids + n);
     std::string text;
@@ -71,7 +78,9 @@ MSPM_EXPORT int32_t mspm_piece_to_id(void* handle, const char* piece) {
     return static_cast<sentencepiece::SentencePieceProcessor*>(handle)->PieceToId(piece);
 }
 
-MSPM_EXPORT void mspm_free(void* handle) { delete static_cast<sentencepiece::SentencePieceProcessor*>(handle); }
+MSPM_EXPORT void mspm_free(void* handle) {
+    delete static_cast<sentencepiece::SentencePieceProcessor*>(handle);
+}
 
 MSPM_EXPORT int mspm_train(const char* args, char* error, size_t error_len) {
     const auto status = sentencepiece::SentencePieceTrainer::Train(args);
