@@ -32,7 +32,8 @@ torch::Tensor dit_velocity(WanDiTImpl& dit,
                            const torch::Tensor& x,
                            const torch::Tensor& t,
                            const torch::Tensor& text,
-                           const ContextTokens* context) {
+                           const ContextTokens* context,
+                           const torch::Tensor& section_times) {
     TORCH_CHECK(x.dim() == 5, "dit_velocity expects x [B, C, F, H, W], got ", x.sizes());
     const int64_t batch = x.size(0);
     const WanPatchTokens section = dit.patch_embed(x);
@@ -46,12 +47,28 @@ torch::Tensor dit_velocity(WanDiTImpl& dit,
 
     torch::Tensor tokens = section.tokens;
     torch::Tensor positions = rope_grid_positions(section.grid[0], section.grid[1], section.grid[2]);
+    if (section_times.defined()) {
+        const int64_t f = section.grid[0], per_frame = section.grid[1] * section.grid[2];
+        torch::Tensor times = section_times.to(torch::kCPU, torch::kFloat64);
+        if (times.dim() == 1)
+            times = times.unsqueeze(0);
+        TORCH_CHECK(times.dim() == 2 && times.size(1) == f && (times.size(0) == 1 || times.size(0) == batch),
+                    "dit_velocity: section_times must be [F] or [B, F] with F = ", f, ", got ",
+                    section_times.sizes());
+        times = times.expand({batch, f});
+        // Every token of frame i takes the frame's time; (h, w) stay on the grid.
+        positions = positions.unsqueeze(0).repeat({batch, 1, 1});
+        positions.select(2, 0).copy_(times.repeat_interleave(per_frame, 1));
+    }
     torch::Tensor t_all = t_section;
     if (context && context->length() > 0) {
         TORCH_CHECK(context->tokens.size(0) == batch && context->tokens.size(2) == tokens.size(2),
                     "dit_velocity: context tokens must be [B, L, dim] with B = ", batch);
         tokens = torch::cat({tokens, context->tokens.to(tokens.device(), tokens.scalar_type())}, 1);
-        positions = torch::cat({positions, context->positions.to(torch::kFloat64)}, 0);
+        torch::Tensor ctx_pos = context->positions.to(torch::kCPU, torch::kFloat64);
+        if (positions.dim() == 3)
+            ctx_pos = ctx_pos.unsqueeze(0).expand({positions.size(0), -1, -1});
+        positions = torch::cat({positions, ctx_pos}, positions.dim() - 2);
         // Context is clean: timestep 0.
         t_all = torch::cat({t_section, torch::zeros({batch, context->length()}, t_section.options())}, 1);
     }

@@ -31,11 +31,14 @@ ContextTokens concat_context(const std::vector<ContextTokens>& parts);
 // The velocity for a section. x: noisy section latents [B, C, F, H, W]; t: the model timestep per sample [B]
 // (sigma * 1000) or per section token [B, F*h*w] (e.g. 0 on a clean first frame, as TI2V does); text: the
 // DiT's text embedding [B, text_len, dim] (WanDiTImpl::embed_text); context: optional clean tokens. Returns
-// [B, C, F, H, W] fp32. With no context this is exactly the official forward of the section.
+// [B, C, F, H, W] fp32. With no context this is exactly the official forward of the section. section_times:
+// optional time of each section frame, [F] or per sample [B, F] (default 0..F-1): the retrieval objective places
+// its target frames at their true positions in the history.
 torch::Tensor dit_velocity(WanDiTImpl& dit,
                            const torch::Tensor& x,
                            const torch::Tensor& t,
                            const torch::Tensor& text,
-                           const ContextTokens* context = nullptr);
+                           const ContextTokens* context = nullptr,
+                           const torch::Tensor& section_times = {});
 
 }  // namespace memoreel
