@@ -180,14 +180,16 @@ std::array<int64_t, 3> MemoryTokens::grid() const {
 }
 
 torch::Tensor MemoryTokens::flat() const {
-    return tokens.reshape({tokens.size(0), -1, tokens.size(4)});
+    // Explicit length: a -1 cannot be inferred when there are no groups.
+    return tokens.reshape({tokens.size(0), tokens.size(1) * tokens.size(2) * tokens.size(3), tokens.size(4)});
 }
 
 torch::Tensor MemoryTokens::flat_features() const {
     if (!features.defined()) {
         return {};
     }
-    return features.reshape({features.size(0), -1, features.size(4)});
+    return features.reshape(
+        {features.size(0), features.size(1) * features.size(2) * features.size(3), features.size(4)});
 }
 
 torch::Tensor memory_positions(const std::array<int64_t, 3>& grid,

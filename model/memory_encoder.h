@@ -224,9 +224,13 @@ class MemoryEncoderImpl : public torch::nn::Module {
     // Memory token grid (G, h, w) for T latent frames of H x W (partial groups and padding included).
     std::array<int64_t, 3> token_grid(int64_t T, int64_t H, int64_t W) const;
 
-    // Streaming: tokens of the groups completed by this call (possibly none).
+    // Streaming: tokens of the groups completed by this call (possibly none: then tokens has G = 0 once the
+    // geometry is known, and is undefined before). With gradients enabled the cached tensors keep their
+    // graph, so a trainer can back-propagate through several appends; inference should run under NoGradGuard.
     MemoryTokens encode_append(MemoryEncoderState& state, const MemoryInput& input);
-    // Tokens of the trailing incomplete group (zero or one group), state unchanged.
+    // Tokens of every group not yet emitted, incomplete inputs completed provisionally (HR latents
+    // zero-padded in time, LR pixels averaged over the frames present): normally the trailing partial group,
+    // zero or one group. The state is unchanged; those groups come again, final, from later appends.
     MemoryTokens encode_partial(const MemoryEncoderState& state);
     // Fresh state, one append, then the partial group when include_partial.
     MemoryTokens encode_full(const MemoryInput& input, bool include_partial = true);
@@ -262,7 +266,7 @@ class MemoryEncoderImpl : public torch::nn::Module {
     };
     // Whole groups of padded latents through HR (or the patchifier), state caches updated.
     HrOut run_hr(MemoryEncoderState& state, const torch::Tensor& latents);
-    // LR tokens of the groups whose pixel frames are complete in pix (starting at group first_group).
+    // Fixes the stream's geometry on its first call and checks every input against it.
     void start(MemoryEncoderState& state, const MemoryInput& input) const;
     torch::Tensor pad_latents(const MemoryEncoderState& state, const torch::Tensor& x) const;
     torch::Tensor pad_pixels(const MemoryEncoderState& state, const torch::Tensor& x) const;

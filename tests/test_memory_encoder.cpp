@@ -267,6 +267,42 @@ TEST_SUITE("memory_encoder") {
         }
     }
 
+    TEST_CASE("appends that complete no group return zero groups; batch of 2 streams like two batches of 1") {
+        torch::manual_seed(9);
+        auto dit = tiny_dit();
+        auto vae = tiny_vae();
+        MemoryEncoder enc(small_config("proposed", "2x2x4"), dit, vae);
+        perturb_projection(enc);
+        const int64_t T = 9;
+        const auto lat = torch::randn({2, 16, T, 4, 6});
+        const auto pix = torch::rand({2, 3, pixel_frames(T), 32, 48}) * 2 - 1;
+        torch::NoGradGuard ng;
+        MemoryEncoderState st;
+        MemoryInput in;
+        in.latents = lat.slice(2, 0, 3);
+        in.pixels = pix.slice(2, 0, 9);
+        const auto none = enc->encode_append(st, in);
+        CHECK(none.groups() == 0);
+        CHECK(none.tokens.sizes() == torch::IntArrayRef({2, 0, 1, 2, 64}));
+        CHECK(none.flat().sizes() == torch::IntArrayRef({2, 0, 64}));
+        CHECK(st.latent_frames_in == 3);
+        CHECK(st.pixel_frames_in == 9);
+        // Partial group now (3 of 4 latent frames, 9 of 13 pixel frames).
+        CHECK(enc->encode_partial(st).groups() == 1);
+        MemoryInput all;
+        all.latents = lat;
+        all.pixels = pix;
+        const auto full = enc->encode_full(all);
+        CHECK(full.groups() == 3);
+        for (int64_t b = 0; b < 2; ++b) {
+            MemoryInput one;
+            one.latents = lat.slice(0, b, b + 1);
+            one.pixels = pix.slice(0, b, b + 1);
+            CHECK_CLOSE(enc->encode_full(one).tokens, full.tokens.slice(0, b, b + 1), kStreamAtol);
+        }
+        CHECK_CLOSE(encode_chunked(enc, lat, pix, {3, 1, 4, 1}, {9, 4, 16, 4}), full.tokens, kStreamAtol);
+    }
+
     TEST_CASE("zero-initialised projection: an untrained encoder equals its LR branch") {
         torch::manual_seed(4);
         auto dit = tiny_dit();
