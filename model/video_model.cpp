@@ -5,6 +5,7 @@
 #include "model/checkpoint.h"
 #include "model/flow_matching.h"
 #include "model/json_util.h"
+#include "model/section_sampler.h"
 #include "model/tokenizer.h"
 #include "model/umt5.h"
 #include "model/wan_dit.h"
@@ -164,40 +165,26 @@ torch::Tensor VideoModel::sample_latents(const GenerateRequest& req, const StepC
     const std::string solver = req.solver.value_or(c.sampler.solver);
     auto sampler = make_sampler(solver, steps, shift);
 
-    const torch::Tensor cond = encode_prompt(req.prompt);
-    const bool use_cfg = guidance != 1.0;
-    const torch::Tensor uncond =
-        use_cfg ? encode_prompt(req.negative_prompt.empty() ? c.sampler.negative_prompt : req.negative_prompt)
-                : torch::Tensor();
-
+    SectionSampling s;
+    s.guidance = guidance;
+    s.text_cond = embed_text(req.prompt);
+    if (guidance != 1.0)
+        s.text_uncond =
+            embed_text(req.negative_prompt.empty() ? c.sampler.negative_prompt : req.negative_prompt);
     torch::InferenceMode guard;
     // Noise from a CPU generator so that a seed means the same video on every machine and device.
     auto gen = torch::make_generator<torch::CPUGeneratorImpl>(req.seed);
     const int64_t lat_t = (req.frames - 1) / tf + 1;
-    torch::Tensor x = torch::randn({c.vae.z_dim, lat_t, req.height / sf, req.width / sf}, gen,
-                                   torch::TensorOptions().dtype(torch::kFloat32))
-                          .to(m.device);
-    const auto& p = c.dit.patch_size;
-    const int64_t seq_len = (lat_t / p[0]) * (x.size(2) / p[1]) * (x.size(3) / p[2]);
+    s.noise = torch::randn({1, c.vae.z_dim, lat_t, req.height / sf, req.width / sf}, gen,
+                           torch::TensorOptions().dtype(torch::kFloat32))
+                  .to(m.device);
+    return sample_section(*m.dit, *sampler, s, on_step)[0];
+}
 
-    for (int64_t i = 0; i < steps; ++i) {
-        const double t = static_cast<double>(sampler->timestep(i));
-        torch::Tensor v;
-        if (use_cfg) {
-            // Conditional and unconditional passes as one batch of two (the DiT treats samples
-            // independently).
-            const auto tt = torch::full({2, seq_len}, t, torch::TensorOptions().device(m.device));
-            const auto out = m.dit->forward({x, x}, tt, {cond, uncond}, seq_len);
-            v = cfg_combine(out[1], out[0], guidance);
-        } else {
-            const auto tt = torch::full({1, seq_len}, t, torch::TensorOptions().device(m.device));
-            v = m.dit->forward({x}, tt, {cond}, seq_len)[0];
-        }
-        x = sampler->step(v, i, x);
-        if (on_step)
-            on_step(i + 1, steps);
-    }
-    return x;
+torch::Tensor VideoModel::embed_text(const std::string& text) {
+    const torch::Tensor features = encode_prompt(text);
+    torch::InferenceMode guard;
+    return impl_->dit->embed_text({features});
 }
 
 torch::Tensor VideoModel::decode(const torch::Tensor& latents) {

@@ -11,12 +11,12 @@
 #include <string>
 
 #include "model/config.h"
+#include "model/wan_dit.h"
+#include "model/wan_vae.h"
 
 namespace memoreel {
 
 class Tokenizer;
-class WanDiTImpl;
-class WanVAEImpl;
 class UMT5EncoderImpl;
 
 struct GenerateRequest {
@@ -54,6 +54,8 @@ class VideoModel {
 
     // Text -> umT5 hidden states of the real tokens (EOS included): [Lt, text_dim].
     torch::Tensor encode_prompt(const std::string& text);
+    // Text -> the DiT's text embedding [1, text_len, dim] (encode_prompt + the DiT's text MLP).
+    torch::Tensor embed_text(const std::string& text);
     // Samples normalised latents [z_dim, T', h, w] for the request (text-to-video).
     torch::Tensor sample_latents(const GenerateRequest& request, const StepCallback& on_step = {});
     // Latents -> frames [3, T, H, W] in [-1, 1].
@@ -62,6 +64,10 @@ class VideoModel {
     torch::Tensor generate(const GenerateRequest& request, const StepCallback& on_step = {});
 
     WanDiTImpl& dit();
+    // The module holders (shared ownership), for components that keep a reference, such as the memory
+    // encoder.
+    WanDiT dit_module();
+    WanVAE vae_module();
     WanVAEImpl& vae();
     UMT5EncoderImpl& text_encoder();
     Tokenizer& tokenizer();
