@@ -695,9 +695,11 @@ MemoryTokens MemoryEncoderImpl::encode_append(MemoryEncoderState& state, const M
     const int64_t h = state.padded_height / (patch_ * config_.rh),
                   w = state.padded_width / (patch_ * config_.rw);
     if (n == 0) {
-        out.tokens = torch::zeros({state.batch, 0, h, w, dim_});
+        // On the encoder's device, so callers can concatenate without checking for the empty case.
+        const auto opts = dit_->patch_embedding->weight.options().dtype(torch::kFloat);
+        out.tokens = torch::zeros({state.batch, 0, h, w, dim_}, opts);
         if (config_.has_hr() && config_.cross_attn_features) {
-            out.features = torch::zeros({state.batch, 0, h, w, config_.feature_dim()});
+            out.features = torch::zeros({state.batch, 0, h, w, config_.feature_dim()}, opts);
         }
         return out;
     }
