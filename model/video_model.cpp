@@ -133,6 +133,12 @@ WanDiTImpl& VideoModel::dit() {
 WanVAEImpl& VideoModel::vae() {
     return *impl_->vae;
 }
+WanDiT VideoModel::dit_module() {
+    return impl_->dit;
+}
+WanVAE VideoModel::vae_module() {
+    return impl_->vae;
+}
 UMT5EncoderImpl& VideoModel::text_encoder() {
     return *impl_->text_encoder;
 }

@@ -1,0 +1,110 @@
+// Autoregressive generation with compressed memory (DESIGN.md section 3): a session owns the storyboard, the
+// memory tokens, the memory encoder's and the VAE decoder's causal states, a short window of recent latents
+// and its RNG, and produces the video section after section.
+//
+// Each section: the prompt in force at the section's start time; sample the section's latents with the memory
+// (and the sliding window) as clean context at relative RoPE positions; decode with the cached causal VAE
+// decoder; append the section's latents and frames to the memory encoder, which returns the tokens of the
+// newly completed groups. A prompt set while a section is being generated takes effect at the next section
+// boundary.
+//
+// What grows with the history: the memory tokens (and the encoder's attention cache, one key/value per memory
+// token). Everything else is bounded: the VAE decoder state and the encoder's convolution caches are
+// fixed-size, the window holds w latent frames, and no latent or pixel history is kept.
+//
+// Time positions far beyond the trained horizon: memory tokens carry no position of their own; each section
+// gives them RoPE times relative to its start. When the history is longer than `horizon` latent frames, the
+// times of the memory are rescaled linearly so that the oldest token sits at -horizon (order and relative
+// spacing kept, recent tokens compressed least in absolute terms), so the DiT never sees time offsets larger
+// than it was trained on.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+
+#include "model/context_dit.h"
+#include "model/memory_encoder.h"
+#include "model/storyboard.h"
+#include "model/video_model.h"
+
+namespace memoreel {
+
+struct SessionSettings {
+    bool use_memory = true;      // false: no compressed memory (baselines: window only, or no history)
+    MemoryEncoderConfig memory;  // rates and variant
+    int64_t window = 0;          // latent frames of recent history given uncompressed
+    int64_t section_frames = 4;  // latent frames per section (a multiple of the memory's rt)
+    double horizon = 0;          // latent frames; 0 = unlimited
+    int64_t width = 0;           // pixels (0: the model config's)
+    int64_t height = 0;
+    double fps = 0;
+    uint64_t seed = 0;
+    std::optional<int64_t> steps;
+    std::optional<double> guidance;
+    std::optional<double> shift;
+    std::optional<std::string> solver;
+    std::string negative_prompt;
+};
+
+struct SectionResult {
+    int64_t index = 0;         // section number from 0
+    int64_t first_latent = 0;  // latent frame index of the section's first frame
+    double start_seconds = 0;
+    std::string prompt;
+    torch::Tensor latents;       // [C, S, h, w]
+    torch::Tensor frames;        // [3, n, H, W] in [-1, 1]: 1 + 4(S-1) frames for the first section, 4S after
+    int64_t context_tokens = 0;  // memory + window tokens the DiT attended to
+    int64_t memory_tokens = 0;   // after the append
+    double sample_ms = 0, decode_ms = 0, memory_ms = 0;
+};
+
+class ARSession {
+  public:
+    // encoder: the memory encoder (sharing the model's DiT); may be null when settings.use_memory is false.
+    ARSession(VideoModel& model, MemoryEncoder encoder, Storyboard storyboard, SessionSettings settings);
+
+    // Adds or replaces a prompt (thread-safe); it takes effect at the first section starting at or after its
+    // time that has not begun yet.
+    void set_prompt(const StoryboardEntry& entry);
+    Storyboard storyboard() const;
+
+    SectionResult next_section(const std::function<void(int64_t, int64_t)>& on_step = {});
+
+    int64_t sections_done() const { return sections_; }
+    int64_t latent_frames_done() const { return latents_done_; }
+    double seconds_generated() const;
+    int64_t memory_tokens() const { return memory_.defined() ? memory_.size(1) : 0; }
+    // Bytes held by the session's state that could grow: memory tokens, encoder state, decoder state, window.
+    std::map<std::string, int64_t> state_bytes() const;
+    const SessionSettings& settings() const { return settings_; }
+    // All memory tokens [1, L, dim], oldest first (undefined before the first completed group).
+    const torch::Tensor& memory() const { return memory_; }
+    // The clean context a section starting at latent frame first_latent sees: memory tokens at their
+    // (possibly horizon-rescaled) relative times, then the window.
+    ContextTokens context_for(int64_t first_latent);
+
+  private:
+    torch::Tensor text_embedding(const std::string& prompt);
+
+    VideoModel& model_;
+    MemoryEncoder encoder_;
+    SessionSettings settings_;
+    mutable std::mutex storyboard_mutex_;
+    Storyboard storyboard_;
+    torch::Generator gen_;
+    int64_t sections_ = 0;
+    int64_t latents_done_ = 0;
+    int64_t pixels_done_ = 0;
+    VaeDecoderState decoder_;
+    MemoryEncoderState encoder_state_;
+    torch::Tensor memory_;                             // [1, L, dim] all memory tokens, oldest first
+    std::array<int64_t, 3> memory_grid_{0, 0, 0};      // (groups, h, w)
+    torch::Tensor window_;                             // [1, C, <= w, h, w]
+    std::map<std::string, torch::Tensor> text_cache_;  // prompt -> DiT text embedding (a few entries)
+};
+
+}  // namespace memoreel

@@ -1,0 +1,152 @@
+// The autoregressive session: prompt in force per section, a prompt set mid-section applies from the next
+// one, section-by-section decoding and memory appends equal whole-history processing, only the compressed
+// memory grows, and time positions stay inside the horizon.
+#include "model/ar_session.h"
+#include "tests/test_support.h"
+
+using namespace memoreel;
+
+namespace {
+
+ModelConfig tiny_model() {
+    const auto j = nlohmann::json::parse(R"({
+      "name": "session-test",
+      "dit": {"model_type": "ti2v", "text_len": 16, "in_dim": 16, "out_dim": 16, "dim": 64, "ffn_dim": 128,
+              "freq_dim": 32, "text_dim": 32, "num_heads": 2, "num_layers": 1},
+      "vae": {"version": "2.1", "dim": 8, "z_dim": 16, "normalization": "identity"},
+      "text_encoder": {"vocab": 300, "dim": 32, "dim_attn": 32, "dim_ffn": 64, "num_heads": 2, "num_layers": 1,
+                       "text_len": 16},
+      "sampler": {"solver": "unipc", "steps": 2, "shift": 5.0, "guidance": 2.0},
+      "video": {"width": 64, "height": 64, "fps": 16, "frames": 5},
+      "weights": {"tokenizer": "byte", "allow_random": true}})");
+    return ModelConfig::from_json(j, "session-test");
+}
+
+// The DiT's head starts at zero; randomise it so sampled latents depend on the context.
+void wake_up(VideoModel& m) {
+    torch::NoGradGuard ng;
+    m.dit().head->head->weight.normal_(0, 0.05);
+}
+
+MemoryEncoderConfig memory_config() {
+    MemoryEncoderConfig c;
+    c.set_rates(parse_rates("4x4x2"));
+    c.hr_channels = {8, 16, 32, 32};
+    c.attn_heads = 2;
+    return c;
+}
+
+struct Fixture {
+    VideoModel model{tiny_model()};
+    MemoryEncoder encoder{nullptr};
+    Fixture() {
+        wake_up(model);
+        encoder = MemoryEncoder(memory_config(), model.dit_module(), model.vae_module());
+        encoder->eval();
+        torch::NoGradGuard ng;
+        encoder->proj->weight.normal_(0, 0.05);  // make the HR branch visible
+    }
+    SessionSettings settings(int64_t window = 0) {
+        SessionSettings s;
+        s.memory = memory_config();
+        s.window = window;
+        s.section_frames = 2;
+        s.seed = 3;
+        return s;
+    }
+};
+
+}  // namespace
+
+TEST_SUITE("ar_session") {
+    TEST_CASE("the prompt in force per section; a prompt set during a section applies from the next") {
+        Fixture f;
+        ARSession session(f.model, f.encoder, Storyboard({{0, "a red fox"}}), f.settings());
+        const auto s0 = session.next_section([&](int64_t step, int64_t) {
+            if (step == 1)
+                session.set_prompt({0.1, "a blue whale"});  // mid-section, before section 1 starts
+        });
+        CHECK(s0.prompt == "a red fox");
+        CHECK(s0.frames.size(1) == 5);  // first section: 1 + 4 (S - 1)
+        const auto s1 = session.next_section();
+        CHECK(s1.prompt == "a blue whale");
+        CHECK(s1.frames.size(1) == 8);
+        CHECK(s1.start_seconds == doctest::Approx(5.0 / 16));
+        CHECK(session.seconds_generated() == doctest::Approx(13.0 / 16));
+    }
+
+    TEST_CASE("section-by-section decode and memory equal processing the whole history at once") {
+        Fixture f;
+        ARSession session(f.model, f.encoder, Storyboard({{0, "a red fox"}}), f.settings(2));
+        std::vector<torch::Tensor> latents, frames;
+        for (int i = 0; i < 3; ++i) {
+            const auto r = session.next_section();
+            latents.push_back(r.latents);
+            frames.push_back(r.frames);
+        }
+        torch::NoGradGuard ng;
+        const auto all_latents = torch::cat(latents, 1).unsqueeze(0);
+        const auto all_frames = torch::cat(frames, 1).unsqueeze(0);
+        VaeDecoderState fresh;
+        CHECK_CLOSE(f.model.vae().decode_chunk(fresh, all_latents), all_frames, 1e-5);
+        MemoryInput in;
+        in.latents = all_latents;
+        in.pixels = all_frames;
+        const auto full = f.encoder->encode_full(in, /*include_partial=*/false);
+        CHECK_CLOSE(session.memory(), full.flat(), 1e-5);
+        // 3 sections of 2 latent frames = 3 groups at rt 2; a 64x64 video is 8x8 latents, 1x1 memory token at 4x4.
+        CHECK(session.memory_tokens() == 3);
+    }
+
+    TEST_CASE("only the compressed memory grows; the window and the decoder state stay fixed") {
+        Fixture f;
+        ARSession session(f.model, f.encoder, Storyboard({{0, "a red fox"}}), f.settings(2));
+        std::vector<std::map<std::string, int64_t>> sizes;
+        std::vector<int64_t> tokens;
+        for (int i = 0; i < 5; ++i) {
+            session.next_section();
+            sizes.push_back(session.state_bytes());
+            tokens.push_back(session.memory_tokens());
+        }
+        for (size_t i = 2; i < sizes.size(); ++i) {
+            CHECK(sizes[i]["decoder_state"] == sizes[1]["decoder_state"]);
+            CHECK(sizes[i]["window"] == sizes[1]["window"]);
+            // Memory tokens and the encoder's attention cache grow by the same amount each section.
+            CHECK(tokens[i] - tokens[i - 1] == tokens[1] - tokens[0]);
+            CHECK(sizes[i]["memory_tokens"] - sizes[i - 1]["memory_tokens"] ==
+                  sizes[1]["memory_tokens"] - sizes[0]["memory_tokens"]);
+            CHECK(sizes[i]["encoder_state"] - sizes[i - 1]["encoder_state"] ==
+                  sizes[2]["encoder_state"] - sizes[1]["encoder_state"]);
+        }
+        CHECK(sizes.back()["window"] == 2 * 16 * 8 * 8 * 4);  // 2 latent frames [16, 8, 8] in fp32
+    }
+
+    TEST_CASE("memory times are relative to the section and rescaled into the horizon") {
+        Fixture f;
+        auto settings = f.settings();
+        settings.horizon = 3.0;
+        ARSession session(f.model, f.encoder, Storyboard({{0, "a red fox"}}), settings);
+        for (int i = 0; i < 4; ++i)
+            session.next_section();
+        const auto ctx = session.context_for(session.latent_frames_done());
+        REQUIRE(ctx.length() == session.memory_tokens());
+        const auto times = ctx.positions.select(1, 0);
+        CHECK(times.max().item<double>() < 0);
+        CHECK(times.min().item<double>() == doctest::Approx(-3.0));
+        // Without a horizon the oldest group's centre is 0.5 latent frames from the start: 8 - 0.5 back.
+        settings.horizon = 0;
+        ARSession free(f.model, f.encoder, Storyboard({{0, "a red fox"}}), settings);
+        for (int i = 0; i < 4; ++i)
+            free.next_section();
+        CHECK(free.context_for(8).positions.select(1, 0).min().item<double>() == doctest::Approx(-7.5));
+    }
+
+    TEST_CASE("bad settings are refused") {
+        Fixture f;
+        auto s = f.settings();
+        s.section_frames = 3;  // not a multiple of rt = 2
+        CHECK_THROWS_WITH_AS(ARSession(f.model, f.encoder, Storyboard({{0, "x"}}), s),
+                             doctest::Contains("rt"), std::invalid_argument);
+        CHECK_THROWS_AS(ARSession(f.model, f.encoder, Storyboard(), f.settings()), std::invalid_argument);
+    }
+}
