@@ -2,10 +2,13 @@
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include <cmath>
 #include <filesystem>
 
 #include "cli/commands.h"
 #include "cli/progress_bar.h"
+#include "model/ar_session.h"
+#include "model/checkpoint.h"
 #include "model/video_model.h"
 #include "stream/video_file_writer.h"
 
@@ -30,6 +33,16 @@ struct GenerateArgs {
     std::string out = "out/sample.mp4";
     std::string device = "cpu";
     std::string dtype = "fp32";
+    // Autoregressive generation with memory (--storyboard or --seconds).
+    std::string storyboard;
+    double seconds = 0;
+    bool no_memory = false;
+    std::string memory_rates = "4x4x2";
+    std::string memory_variant = "proposed";
+    std::string memory_weights;
+    int64_t window = 0;
+    int64_t section_frames = 4;
+    double horizon = 0;
 };
 
 torch::Device parse_device(const std::string& name) {
@@ -39,7 +52,101 @@ torch::Device parse_device(const std::string& name) {
     return device;
 }
 
+// Section by section through the autoregressive session; frames go to the file as each section is decoded, so
+// memory use does not grow with the video's length.
+void run_storyboard(const GenerateArgs& a) {
+    const ModelConfig config = ModelConfig::load(a.model);
+    Storyboard story = a.storyboard.empty() ? Storyboard({{0.0, a.prompt}}) : Storyboard::load(a.storyboard);
+    if (story.empty())
+        throw std::invalid_argument(a.storyboard + ": the storyboard has no prompts");
+    SessionSettings st;
+    st.use_memory = !a.no_memory;
+    st.memory.set_rates(parse_rates(a.memory_rates));
+    st.memory.variant = a.memory_variant;
+    st.memory.validate("--memory-*");
+    st.window = a.window;
+    st.section_frames = a.section_frames;
+    st.horizon = a.horizon;
+    st.width = a.width;
+    st.height = a.height;
+    st.fps = static_cast<double>(a.fps ? a.fps : config.fps);
+    st.seed = a.seed;
+    if (a.steps)
+        st.steps = a.steps;
+    if (a.guidance >= 0)
+        st.guidance = a.guidance;
+    if (a.shift > 0)
+        st.shift = a.shift;
+    if (!a.solver.empty())
+        st.solver = a.solver;
+    st.negative_prompt = a.negative_prompt;
+    const double seconds = a.seconds > 0 ? a.seconds : (story.entries().back().time + 5.0);
+    const int64_t tf = config.vae.temporal_factor();
+    const int64_t first = 1 + tf * (st.section_frames - 1), later = tf * st.section_frames;
+    const int64_t wanted = static_cast<int64_t>(std::ceil(seconds * st.fps));
+    const int64_t sections = wanted <= first ? 1 : 1 + (wanted - first + later - 1) / later;
+
+    const torch::Device device = parse_device(a.device);
+    const auto parent = std::filesystem::path(a.out).parent_path();
+    if (!parent.empty())
+        std::filesystem::create_directories(parent);
+    VideoFileOptions opts;
+    opts.width = static_cast<int>(a.width ? a.width : config.width);
+    opts.height = static_cast<int>(a.height ? a.height : config.height);
+    opts.fps = static_cast<int>(st.fps);
+    VideoFileWriter writer(a.out, opts);
+
+    VideoModel model(config, a.weights, device, a.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32);
+    MemoryEncoder encoder{nullptr};
+    if (st.use_memory) {
+        encoder = MemoryEncoder(st.memory, model.dit_module(), model.vae_module());
+        if (!a.memory_weights.empty()) {
+            load_module(*encoder, TensorSource::open(a.memory_weights));
+        } else if (!config.allow_random_weights) {
+            throw std::invalid_argument(
+                "--memory-weights is required: the model config does not allow random weights");
+        } else {
+            spdlog::warn(
+                "no --memory-weights: the memory encoder is untrained (seeded random initialisation)");
+        }
+        encoder->eval();
+        encoder->to(device);
+        for (auto& p : encoder->parameters())
+            p.set_requires_grad(false);
+    }
+    ARSession session(model, encoder, story, st);
+    spdlog::info(
+        "generating {:.1f} s ({} sections of {} latent frames) at {}x{} {} fps with {}, memory {}, window {}",
+        seconds, sections, st.section_frames, opts.width, opts.height, opts.fps, config.name,
+        st.use_memory ? st.memory.rates().str() + " " + st.memory.variant : std::string("off"), st.window);
+    ProgressBar bar("sections", sections, "section");
+    double sample_ms = 0, decode_ms = 0, memory_ms = 0;
+    for (int64_t i = 0; i < sections; ++i) {
+        const SectionResult r = session.next_section();
+        const torch::Tensor rgb = video_to_rgb24(r.frames);
+        for (int64_t t = 0; t < rgb.size(0); ++t)
+            writer.write_rgb(rgb[t].contiguous().data_ptr<uint8_t>());
+        sample_ms += r.sample_ms;
+        decode_ms += r.decode_ms;
+        memory_ms += r.memory_ms;
+        bar.update(i + 1, "t " + std::to_string(static_cast<int>(r.start_seconds)) + "s, memory " +
+                              std::to_string(r.memory_tokens) + " tokens, \"" + r.prompt.substr(0, 40) +
+                              "\"");
+    }
+    bar.finish();
+    writer.finish();
+    spdlog::info(
+        "wrote {} ({} frames, {:.2f} s); per section: sample {:.0f} ms, decode {:.0f} ms, memory {:.0f} ms; "
+        "{} memory tokens",
+        a.out, writer.frames_written(), writer.frames_written() / st.fps, sample_ms / sections,
+        decode_ms / sections, memory_ms / sections, session.memory_tokens());
+}
+
 void run_generate(const GenerateArgs& a) {
+    if (!a.storyboard.empty() || a.seconds > 0)
+        return run_storyboard(a);
+    if (a.prompt.empty())
+        throw std::invalid_argument("give --prompt, or --storyboard");
     ModelConfig config = ModelConfig::load(a.model);
     GenerateRequest req;
     req.prompt = a.prompt;
@@ -98,7 +205,31 @@ void add_generate_command(CLI::App& app) {
     cmd->add_option("--model", args->model, "Model config (configs/models/*.json)")->capture_default_str();
     cmd->add_option("--weights", args->weights,
                     "Folder holding the weights named in the config (default: the config's folder)");
-    cmd->add_option("--prompt", args->prompt, "Text prompt")->required();
+    cmd->add_option("--prompt", args->prompt, "Text prompt (or use --storyboard)");
+    cmd->add_option(
+        "--storyboard", args->storyboard,
+        "Storyboard JSON ({\"prompts\": [{\"time\": s, \"prompt\": ...}]}): generate section by section "
+        "with compressed memory");
+    cmd->add_option("--seconds", args->seconds,
+                    "Length for storyboard generation (default: last prompt + 5 s)")
+        ->check(CLI::Range(0.0, 86400.0));
+    cmd->add_flag("--no-memory", args->no_memory, "Storyboard generation without the compressed memory");
+    cmd->add_option("--memory-rates", args->memory_rates, "Memory compression rates rh x rw x rt")
+        ->capture_default_str();
+    cmd->add_option("--memory-variant", args->memory_variant,
+                    "proposed, only_lr, without_lr or large_patchifier")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"proposed", "only_lr", "without_lr", "large_patchifier"}));
+    cmd->add_option("--memory-weights", args->memory_weights, "Memory encoder weights (.safetensors)");
+    cmd->add_option("--window", args->window, "Latent frames of recent history given uncompressed")
+        ->check(CLI::Range(int64_t(0), int64_t(256)));
+    cmd->add_option("--section-frames", args->section_frames, "Latent frames per section (a multiple of rt)")
+        ->capture_default_str()
+        ->check(CLI::Range(int64_t(1), int64_t(64)));
+    cmd->add_option(
+           "--horizon", args->horizon,
+           "Latent frames of history time the DiT sees; older memory is rescaled into it (0: no limit)")
+        ->check(CLI::NonNegativeNumber);
     cmd->add_option("--negative-prompt", args->negative_prompt,
                     "Negative prompt for classifier-free guidance");
     cmd->add_option("--frames", args->frames, "Number of frames (1 + 4k; default from the config)")

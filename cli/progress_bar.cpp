@@ -60,6 +60,8 @@ void ProgressBar::draw(bool force) {
     if (!force && since_draw < (tty_ ? 0.1 : 5.0))
         return;
     last_draw_ = now;
+    drawn_done_ = done_;
+    drawn_suffix_ = suffix_;
     const double elapsed = std::chrono::duration<double>(now - start_).count();
     const double rate = elapsed > 0 ? done_ / elapsed : 0.0;
     const double eta = (rate > 0 && total_ > done_) ? (total_ - done_) / rate : 0.0;

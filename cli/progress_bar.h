@@ -26,6 +26,8 @@ class ProgressBar {
     std::string suffix_;
     bool tty_;
     bool finished_ = false;
+    int64_t drawn_done_ = -1;  // what the last line showed, so finish() does not repeat it
+    std::string drawn_suffix_;
     std::chrono::steady_clock::time_point start_;
     std::chrono::steady_clock::time_point last_draw_;
 };

@@ -2,6 +2,7 @@
 // size and rate asked for; bad requests fail with a clear message and no file.
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 
 #include "tests/test_support.h"
 
@@ -94,5 +95,31 @@ TEST_SUITE("generate") {
         r = run("'" + memoreel::test::memoreel_binary() + "' bench dit --repeats 0");
         CHECK(r.status != 0);
         CHECK(r.output.find("--repeats") != std::string::npos);
+    }
+
+    TEST_CASE("a storyboard generates section by section with memory into one MP4") {
+        TempDir dir;
+        {
+            std::ofstream(dir.file("story.json"))
+                << R"({"prompts": [{"time": 0, "prompt": "a red fox"}, {"time": 0.5, "prompt": "cut to the beach"}]})";
+        }
+        const auto r =
+            run(generate_cmd("--storyboard '" + dir.file("story.json") +
+                             "' --seconds 1 --width 64 --height 64 --steps 1 --section-frames 2 --window 2 "
+                             "--out '" +
+                             dir.file("story.mp4") + "'"));
+        INFO(r.output);
+        REQUIRE(r.status == 0);
+        // 16 fps, 1 s: sections of 2 latent frames give 5, then 8 frames each: 3 sections, 21 frames.
+        const auto probe =
+            run("ffprobe -v error -count_frames -select_streams v:0 -show_entries "
+                "stream=width,height,r_frame_rate,nb_read_frames -of csv=p=0 '" +
+                dir.file("story.mp4") + "'");
+        CHECK(probe.output == "64,64,16/1,21\n");
+        CHECK(r.output.find("memory tokens") != std::string::npos);
+        const auto bad = run(
+            generate_cmd("--storyboard '" + dir.file("none.json") + "' --out '" + dir.file("x.mp4") + "'"));
+        CHECK(bad.status != 0);
+        CHECK(bad.output.find("none.json") != std::string::npos);
     }
 }
