@@ -157,6 +157,7 @@ void add_bench_command(CLI::App& app) {
     add_common(vae);
     vae->add_flag("--first-section", args->first_section, "Decode the stream's first section (no cache)");
     vae->callback([args] { bench_vae(*args); });
+    add_bench_memory_command(*cmd);
 }
 
 }  // namespace memoreel
