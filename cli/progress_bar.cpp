@@ -48,7 +48,9 @@ void ProgressBar::finish(const std::string& suffix) {
         return;
     if (!suffix.empty())
         suffix_ = suffix;
-    draw(true);
+    // The last update usually drew the final state already; a log should not show it twice.
+    if (drawn_done_ != done_ || drawn_suffix_ != suffix_)
+        draw(true);
     if (tty_)
         std::fputc('\n', stderr);
     finished_ = true;
