@@ -45,6 +45,22 @@ struct GenerateArgs {
     double horizon = 0;
 };
 
+std::vector<std::string> split_commas(const std::string& text) {
+    std::vector<std::string> out;
+    size_t start = 0;
+    while (!text.empty() && start <= text.size()) {
+        const size_t end = text.find(',', start);
+        const std::string part =
+            text.substr(start, end == std::string::npos ? std::string::npos : end - start);
+        if (!part.empty())
+            out.push_back(part);
+        if (end == std::string::npos)
+            break;
+        start = end + 1;
+    }
+    return out;
+}
+
 torch::Device parse_device(const std::string& name) {
     const torch::Device device(name);  // throws with LibTorch's message for a malformed name
     if (device.is_cuda() && !torch::cuda::is_available())
@@ -61,9 +77,20 @@ void run_storyboard(const GenerateArgs& a) {
         throw std::invalid_argument(a.storyboard + ": the storyboard has no prompts");
     SessionSettings st;
     st.use_memory = !a.no_memory;
-    st.memory.set_rates(parse_rates(a.memory_rates));
-    st.memory.variant = a.memory_variant;
-    st.memory.validate("--memory-*");
+    // Several encoders at once: "4x4x2,2x2x8" (their tokens are concatenated); weights likewise
+    // comma-separated.
+    const std::vector<std::string> rates = split_commas(a.memory_rates);
+    const std::vector<std::string> weights = split_commas(a.memory_weights);
+    if (!weights.empty() && weights.size() != rates.size())
+        throw std::invalid_argument("--memory-weights needs one file per --memory-rates entry");
+    std::vector<MemoryEncoderConfig> memory_configs;
+    for (const auto& r : rates) {
+        MemoryEncoderConfig mc;
+        mc.set_rates(parse_rates(r));
+        mc.variant = a.memory_variant;
+        mc.validate("--memory-rates " + r);
+        memory_configs.push_back(mc);
+    }
     st.window = a.window;
     st.section_frames = a.section_frames;
     st.horizon = a.horizon;
@@ -97,28 +124,33 @@ void run_storyboard(const GenerateArgs& a) {
     VideoFileWriter writer(a.out, opts);
 
     VideoModel model(config, a.weights, device, a.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32);
-    MemoryEncoder encoder{nullptr};
+    std::vector<MemoryEncoder> encoders;
+    std::string memory_desc = "off";
     if (st.use_memory) {
-        encoder = MemoryEncoder(st.memory, model.dit_module(), model.vae_module());
-        if (!a.memory_weights.empty()) {
-            load_module(*encoder, TensorSource::open(a.memory_weights));
-        } else if (!config.allow_random_weights) {
+        if (weights.empty() && !config.allow_random_weights)
             throw std::invalid_argument(
                 "--memory-weights is required: the model config does not allow random weights");
-        } else {
+        if (weights.empty())
             spdlog::warn(
                 "no --memory-weights: the memory encoder is untrained (seeded random initialisation)");
+        memory_desc = a.memory_variant;
+        for (size_t i = 0; i < memory_configs.size(); ++i) {
+            MemoryEncoder encoder(memory_configs[i], model.dit_module(), model.vae_module());
+            if (!weights.empty())
+                load_module(*encoder, TensorSource::open(weights[i]));
+            encoder->eval();
+            encoder->to(device);
+            for (auto& p : encoder->parameters())
+                p.set_requires_grad(false);
+            encoders.push_back(encoder);
+            memory_desc += " " + memory_configs[i].rates().str();
         }
-        encoder->eval();
-        encoder->to(device);
-        for (auto& p : encoder->parameters())
-            p.set_requires_grad(false);
     }
-    ARSession session(model, encoder, story, st);
+    ARSession session(model, encoders, story, st);
     spdlog::info(
         "generating {:.1f} s ({} sections of {} latent frames) at {}x{} {} fps with {}, memory {}, window {}",
-        seconds, sections, st.section_frames, opts.width, opts.height, opts.fps, config.name,
-        st.use_memory ? st.memory.rates().str() + " " + st.memory.variant : std::string("off"), st.window);
+        seconds, sections, st.section_frames, opts.width, opts.height, opts.fps, config.name, memory_desc,
+        st.window);
     ProgressBar bar("sections", sections, "section");
     double sample_ms = 0, decode_ms = 0, memory_ms = 0;
     for (int64_t i = 0; i < sections; ++i) {
@@ -214,7 +246,8 @@ void add_generate_command(CLI::App& app) {
                     "Length for storyboard generation (default: last prompt + 5 s)")
         ->check(CLI::Range(0.0, 86400.0));
     cmd->add_flag("--no-memory", args->no_memory, "Storyboard generation without the compressed memory");
-    cmd->add_option("--memory-rates", args->memory_rates, "Memory compression rates rh x rw x rt")
+    cmd->add_option("--memory-rates", args->memory_rates,
+                    "Memory rates rh x rw x rt; several encoders: 4x4x2,2x2x8")
         ->capture_default_str();
     cmd->add_option("--memory-variant", args->memory_variant,
                     "proposed, only_lr, without_lr or large_patchifier")

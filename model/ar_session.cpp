@@ -1,6 +1,7 @@
 #include "model/ar_session.h"
 
 #include <chrono>
+#include <numeric>
 
 #include "model/memory_objectives.h"
 #include "model/section_sampler.h"
@@ -25,8 +26,17 @@ ARSession::ARSession(VideoModel& model,
                      MemoryEncoder encoder,
                      Storyboard storyboard,
                      SessionSettings settings)
+    : ARSession(
+          model,
+          encoder.is_empty() ? std::vector<MemoryEncoder>{} : std::vector<MemoryEncoder>{std::move(encoder)},
+          std::move(storyboard),
+          std::move(settings)) {}
+
+ARSession::ARSession(VideoModel& model,
+                     std::vector<MemoryEncoder> encoders,
+                     Storyboard storyboard,
+                     SessionSettings settings)
     : model_(model),
-      encoder_(std::move(encoder)),
       settings_(std::move(settings)),
       storyboard_(std::move(storyboard)),
       gen_(torch::make_generator<torch::CPUGeneratorImpl>(settings_.seed)) {
@@ -39,9 +49,19 @@ ARSession::ARSession(VideoModel& model,
         settings_.fps = static_cast<double>(c.fps);
     if (storyboard_.empty())
         throw std::invalid_argument("a session needs a storyboard with at least one prompt");
-    if (settings_.use_memory && encoder_.is_empty())
-        throw std::invalid_argument("use_memory is set but no memory encoder was given");
-    const int64_t rt = settings_.use_memory ? encoder_->config().rt : 1;
+    if (settings_.use_memory) {
+        for (auto& e : encoders) {
+            if (e.is_empty())
+                throw std::invalid_argument("a memory encoder is null");
+            memories_.push_back({std::move(e), {}, {}, {0, 0, 0}});
+        }
+        if (memories_.empty())
+            throw std::invalid_argument("use_memory is set but no memory encoder was given");
+    }
+    // Sections must end on a group boundary of every encoder so that memory appends align.
+    int64_t rt = 1;
+    for (const auto& m : memories_)
+        rt = std::lcm(rt, m.encoder->config().rt);
     if (settings_.section_frames < 1 || settings_.section_frames % rt != 0)
         throw std::invalid_argument("section_frames (" + std::to_string(settings_.section_frames) +
                                     ") must be a positive multiple of the memory's rt (" +
@@ -80,17 +100,24 @@ torch::Tensor ARSession::text_embedding(const std::string& prompt) {
 
 ContextTokens ARSession::context_for(int64_t first_latent) {
     std::vector<ContextTokens> parts;
-    if (memory_.defined() && memory_.size(1) > 0) {
+    std::vector<ContextTokens> mems;
+    double oldest = 0;
+    for (const auto& m : memories_) {
+        if (!m.tokens.defined() || m.tokens.size(1) == 0)
+            continue;
         ContextTokens mem;
-        mem.tokens = memory_;
+        mem.tokens = m.tokens;
         mem.positions =
-            memory_positions(memory_grid_, encoder_->config().rates(), static_cast<double>(first_latent));
-        // Beyond the trained horizon: rescale the history's times into [-horizon, 0).
-        const double oldest = -mem.positions.select(1, 0).min().item<double>();
-        if (settings_.horizon > 0 && oldest > settings_.horizon)
-            mem.positions.select(1, 0).mul_(settings_.horizon / oldest);
-        parts.push_back(mem);
+            memory_positions(m.grid, m.encoder->config().rates(), static_cast<double>(first_latent));
+        oldest = std::max(oldest, -mem.positions.select(1, 0).min().item<double>());
+        mems.push_back(mem);
     }
+    // Beyond the trained horizon: rescale the history's times into [-horizon, 0), one scale for every encoder
+    // so their tokens stay aligned in time.
+    if (settings_.horizon > 0 && oldest > settings_.horizon)
+        for (auto& mem : mems)
+            mem.positions.select(1, 0).mul_(settings_.horizon / oldest);
+    parts.insert(parts.end(), mems.begin(), mems.end());
     if (window_.defined() && window_.size(2) > 0)
         parts.push_back(latent_context(model_.dit(), window_, -static_cast<double>(window_.size(2))));
     return concat_context(parts);
@@ -135,16 +162,16 @@ SectionResult ARSession::next_section(const std::function<void(int64_t, int64_t)
 
     // Append to memory and window.
     t0 = std::chrono::steady_clock::now();
-    if (settings_.use_memory) {
+    for (auto& m : memories_) {
         MemoryInput in;
         in.latents = latents;
-        if (encoder_->config().has_lr())
+        if (m.encoder->config().has_lr())
             in.pixels = frames;
-        const MemoryTokens fresh = encoder_->encode_append(encoder_state_, in);
+        const MemoryTokens fresh = m.encoder->encode_append(m.state, in);
         if (fresh.groups() > 0) {
             const auto grid = fresh.grid();
-            memory_ = memory_.defined() ? torch::cat({memory_, fresh.flat()}, 1) : fresh.flat();
-            memory_grid_ = {memory_grid_[0] + grid[0], grid[1], grid[2]};
+            m.tokens = m.tokens.defined() ? torch::cat({m.tokens, fresh.flat()}, 1) : fresh.flat();
+            m.grid = {m.grid[0] + grid[0], grid[1], grid[2]};
         }
     }
     if (settings_.window > 0) {
@@ -163,12 +190,30 @@ SectionResult ARSession::next_section(const std::function<void(int64_t, int64_t)
     return r;
 }
 
+int64_t ARSession::memory_tokens() const {
+    int64_t n = 0;
+    for (const auto& m : memories_)
+        n += m.tokens.defined() ? m.tokens.size(1) : 0;
+    return n;
+}
+
+torch::Tensor ARSession::memory() const {
+    std::vector<torch::Tensor> parts;
+    for (const auto& m : memories_)
+        if (m.tokens.defined())
+            parts.push_back(m.tokens);
+    return parts.empty() ? torch::Tensor() : torch::cat(parts, 1);
+}
+
 std::map<std::string, int64_t> ARSession::state_bytes() const {
     std::map<std::string, int64_t> out;
-    out["memory_tokens"] = bytes_of(memory_);
-    int64_t enc = 0;
-    for (const auto& [name, t] : encoder_state_.snapshot_tensors())
-        enc += bytes_of(t);
+    int64_t tokens = 0, enc = 0;
+    for (const auto& m : memories_) {
+        tokens += bytes_of(m.tokens);
+        for (const auto& [name, t] : m.state.snapshot_tensors())
+            enc += bytes_of(t);
+    }
+    out["memory_tokens"] = tokens;
     out["encoder_state"] = enc;
     int64_t dec = 0;
     for (const auto& [name, t] : decoder_.snapshot().tensors)

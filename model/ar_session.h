@@ -35,7 +35,6 @@ namespace memoreel {
 
 struct SessionSettings {
     bool use_memory = true;      // false: no compressed memory (baselines: window only, or no history)
-    MemoryEncoderConfig memory;  // rates and variant
     int64_t window = 0;          // latent frames of recent history given uncompressed
     int64_t section_frames = 4;  // latent frames per section (a multiple of the memory's rt)
     double horizon = 0;          // latent frames; 0 = unlimited
@@ -64,7 +63,12 @@ struct SectionResult {
 
 class ARSession {
   public:
-    // encoder: the memory encoder (sharing the model's DiT); may be null when settings.use_memory is false.
+    // encoders: the memory encoders (sharing the model's DiT); several run side by side and their tokens are
+    // concatenated (e.g. 4x4x2 + 2x2x8). Empty (or a null encoder) when settings.use_memory is false.
+    ARSession(VideoModel& model,
+              std::vector<MemoryEncoder> encoders,
+              Storyboard storyboard,
+              SessionSettings settings);
     ARSession(VideoModel& model, MemoryEncoder encoder, Storyboard storyboard, SessionSettings settings);
 
     // Adds or replaces a prompt (thread-safe); it takes effect at the first section starting at or after its
@@ -77,12 +81,13 @@ class ARSession {
     int64_t sections_done() const { return sections_; }
     int64_t latent_frames_done() const { return latents_done_; }
     double seconds_generated() const;
-    int64_t memory_tokens() const { return memory_.defined() ? memory_.size(1) : 0; }
+    int64_t memory_tokens() const;
     // Bytes held by the session's state that could grow: memory tokens, encoder state, decoder state, window.
     std::map<std::string, int64_t> state_bytes() const;
     const SessionSettings& settings() const { return settings_; }
-    // All memory tokens [1, L, dim], oldest first (undefined before the first completed group).
-    const torch::Tensor& memory() const { return memory_; }
+    // All memory tokens [1, L, dim]: each encoder's tokens oldest first, encoders in order (undefined before
+    // the first completed group).
+    torch::Tensor memory() const;
     // The clean context a section starting at latent frame first_latent sees: memory tokens at their
     // (possibly horizon-rescaled) relative times, then the window.
     ContextTokens context_for(int64_t first_latent);
@@ -91,7 +96,14 @@ class ARSession {
     torch::Tensor text_embedding(const std::string& prompt);
 
     VideoModel& model_;
-    MemoryEncoder encoder_;
+    // One compressed memory per encoder.
+    struct Memory {
+        MemoryEncoder encoder;
+        MemoryEncoderState state;
+        torch::Tensor tokens;                  // [1, L, dim] oldest first
+        std::array<int64_t, 3> grid{0, 0, 0};  // (groups, h, w)
+    };
+    std::vector<Memory> memories_;
     SessionSettings settings_;
     mutable std::mutex storyboard_mutex_;
     Storyboard storyboard_;
@@ -100,9 +112,6 @@ class ARSession {
     int64_t latents_done_ = 0;
     int64_t pixels_done_ = 0;
     VaeDecoderState decoder_;
-    MemoryEncoderState encoder_state_;
-    torch::Tensor memory_;                             // [1, L, dim] all memory tokens, oldest first
-    std::array<int64_t, 3> memory_grid_{0, 0, 0};      // (groups, h, w)
     torch::Tensor window_;                             // [1, C, <= w, h, w]
     std::map<std::string, torch::Tensor> text_cache_;  // prompt -> DiT text embedding (a few entries)
 };

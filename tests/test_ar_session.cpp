@@ -48,7 +48,6 @@ struct Fixture {
     }
     SessionSettings settings(int64_t window = 0) {
         SessionSettings s;
-        s.memory = memory_config();
         s.window = window;
         s.section_frames = 2;
         s.seed = 3;
@@ -94,7 +93,8 @@ TEST_SUITE("ar_session") {
         in.pixels = all_frames;
         const auto full = f.encoder->encode_full(in, /*include_partial=*/false);
         CHECK_CLOSE(session.memory(), full.flat(), 1e-5);
-        // 3 sections of 2 latent frames = 3 groups at rt 2; a 64x64 video is 8x8 latents, 1x1 memory token at 4x4.
+        // 3 sections of 2 latent frames = 3 groups at rt 2; a 64x64 video is 8x8 latents, 1x1 memory token at
+        // 4x4.
         CHECK(session.memory_tokens() == 3);
     }
 
@@ -148,5 +148,41 @@ TEST_SUITE("ar_session") {
         CHECK_THROWS_WITH_AS(ARSession(f.model, f.encoder, Storyboard({{0, "x"}}), s),
                              doctest::Contains("rt"), std::invalid_argument);
         CHECK_THROWS_AS(ARSession(f.model, f.encoder, Storyboard(), f.settings()), std::invalid_argument);
+    }
+
+    TEST_CASE("several encoders at once: tokens concatenated, each equal to its own whole-history encoding") {
+        Fixture f;
+        MemoryEncoderConfig fine = memory_config();
+        fine.set_rates(parse_rates("2x2x1"));
+        MemoryEncoderConfig coarse = memory_config();
+        coarse.set_rates(parse_rates("4x4x4"));
+        MemoryEncoder a(fine, f.model.dit_module(), f.model.vae_module());
+        MemoryEncoder b(coarse, f.model.dit_module(), f.model.vae_module());
+        a->eval();
+        b->eval();
+        auto settings = f.settings();
+        settings.section_frames = 4;  // a multiple of both rt (1 and 4)
+        ARSession session(f.model, std::vector<MemoryEncoder>{a, b}, Storyboard({{0, "a red fox"}}),
+                          settings);
+        std::vector<torch::Tensor> latents, frames;
+        for (int i = 0; i < 2; ++i) {
+            const auto r = session.next_section();
+            latents.push_back(r.latents);
+            frames.push_back(r.frames);
+        }
+        torch::NoGradGuard ng;
+        MemoryInput in;
+        in.latents = torch::cat(latents, 1).unsqueeze(0);
+        in.pixels = torch::cat(frames, 1).unsqueeze(0);
+        const auto ta = a->encode_full(in, false).flat();  // 8 groups of 2x2 tokens
+        const auto tb = b->encode_full(in, false).flat();  // 2 groups of 1x1
+        CHECK(ta.size(1) == 32);
+        CHECK(tb.size(1) == 2);
+        CHECK_CLOSE(session.memory(), torch::cat({ta, tb}, 1), 1e-5);
+        CHECK(session.context_for(8).length() == 34);
+        settings.section_frames = 2;  // not a multiple of 4
+        CHECK_THROWS_AS(
+            ARSession(f.model, std::vector<MemoryEncoder>{a, b}, Storyboard({{0, "x"}}), settings),
+            std::invalid_argument);
     }
 }
