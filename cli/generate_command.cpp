@@ -61,6 +61,41 @@ std::vector<std::string> split_commas(const std::string& text) {
     return out;
 }
 
+SamplingOverrides sampling_overrides(const GenerateArgs& a) {
+    SamplingOverrides o;
+    if (a.steps)
+        o.steps = a.steps;
+    if (a.guidance >= 0)
+        o.guidance = a.guidance;
+    if (a.shift > 0)
+        o.shift = a.shift;
+    if (!a.solver.empty())
+        o.solver = a.solver;
+    return o;
+}
+
+// Opens the output file before any model loads, so a bad path fails at once.
+std::unique_ptr<VideoFileWriter> open_output(const std::string& path,
+                                             int64_t width,
+                                             int64_t height,
+                                             int64_t fps) {
+    const auto parent = std::filesystem::path(path).parent_path();
+    if (!parent.empty())
+        std::filesystem::create_directories(parent);
+    VideoFileOptions opts;
+    opts.width = static_cast<int>(width);
+    opts.height = static_cast<int>(height);
+    opts.fps = static_cast<int>(fps);
+    return std::make_unique<VideoFileWriter>(path, opts);
+}
+
+// Frames [3, T, H, W] in [-1, 1] appended to the file.
+void write_frames(VideoFileWriter& writer, const torch::Tensor& frames) {
+    const torch::Tensor rgb = video_to_rgb24(frames);  // [T, H, W, 3] uint8
+    for (int64_t t = 0; t < rgb.size(0); ++t)
+        writer.write_rgb(rgb[t].contiguous().data_ptr<uint8_t>());
+}
+
 torch::Device parse_device(const std::string& name) {
     const torch::Device device(name);  // throws with LibTorch's message for a malformed name
     if (device.is_cuda() && !torch::cuda::is_available())
@@ -98,14 +133,7 @@ void run_storyboard(const GenerateArgs& a) {
     st.height = a.height;
     st.fps = static_cast<double>(a.fps ? a.fps : config.fps);
     st.seed = a.seed;
-    if (a.steps)
-        st.steps = a.steps;
-    if (a.guidance >= 0)
-        st.guidance = a.guidance;
-    if (a.shift > 0)
-        st.shift = a.shift;
-    if (!a.solver.empty())
-        st.solver = a.solver;
+    st.sampling = sampling_overrides(a);
     st.negative_prompt = a.negative_prompt;
     const double seconds = a.seconds > 0 ? a.seconds : (story.entries().back().time + 5.0);
     const int64_t tf = config.vae.temporal_factor();
@@ -114,14 +142,8 @@ void run_storyboard(const GenerateArgs& a) {
     const int64_t sections = wanted <= first ? 1 : 1 + (wanted - first + later - 1) / later;
 
     const torch::Device device = parse_device(a.device);
-    const auto parent = std::filesystem::path(a.out).parent_path();
-    if (!parent.empty())
-        std::filesystem::create_directories(parent);
-    VideoFileOptions opts;
-    opts.width = static_cast<int>(a.width ? a.width : config.width);
-    opts.height = static_cast<int>(a.height ? a.height : config.height);
-    opts.fps = static_cast<int>(st.fps);
-    VideoFileWriter writer(a.out, opts);
+    const int64_t width = a.width ? a.width : config.width, height = a.height ? a.height : config.height;
+    const auto writer = open_output(a.out, width, height, static_cast<int64_t>(st.fps));
 
     VideoModel model(config, a.weights, device, a.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32);
     std::vector<MemoryEncoder> encoders;
@@ -149,15 +171,12 @@ void run_storyboard(const GenerateArgs& a) {
     ARSession session(model, encoders, story, st);
     spdlog::info(
         "generating {:.1f} s ({} sections of {} latent frames) at {}x{} {} fps with {}, memory {}, window {}",
-        seconds, sections, st.section_frames, opts.width, opts.height, opts.fps, config.name, memory_desc,
-        st.window);
+        seconds, sections, st.section_frames, width, height, st.fps, config.name, memory_desc, st.window);
     ProgressBar bar("sections", sections, "section");
     double sample_ms = 0, decode_ms = 0, memory_ms = 0;
     for (int64_t i = 0; i < sections; ++i) {
         const SectionResult r = session.next_section();
-        const torch::Tensor rgb = video_to_rgb24(r.frames);
-        for (int64_t t = 0; t < rgb.size(0); ++t)
-            writer.write_rgb(rgb[t].contiguous().data_ptr<uint8_t>());
+        write_frames(*writer, r.frames);
         sample_ms += r.sample_ms;
         decode_ms += r.decode_ms;
         memory_ms += r.memory_ms;
@@ -166,11 +185,11 @@ void run_storyboard(const GenerateArgs& a) {
                               "\"");
     }
     bar.finish();
-    writer.finish();
+    writer->finish();
     spdlog::info(
         "wrote {} ({} frames, {:.2f} s); per section: sample {:.0f} ms, decode {:.0f} ms, memory {:.0f} ms; "
         "{} memory tokens",
-        a.out, writer.frames_written(), writer.frames_written() / st.fps, sample_ms / sections,
+        a.out, writer->frames_written(), writer->frames_written() / st.fps, sample_ms / sections,
         decode_ms / sections, memory_ms / sections, session.memory_tokens());
 }
 
@@ -187,29 +206,15 @@ void run_generate(const GenerateArgs& a) {
     req.width = a.width ? a.width : config.width;
     req.height = a.height ? a.height : config.height;
     req.seed = a.seed;
-    if (a.steps)
-        req.steps = a.steps;
-    if (a.guidance >= 0)
-        req.guidance = a.guidance;
-    if (a.shift > 0)
-        req.shift = a.shift;
-    if (!a.solver.empty())
-        req.solver = a.solver;
+    req.sampling = sampling_overrides(a);
     const int64_t fps = a.fps ? a.fps : config.fps;
     // Everything that can be checked is checked before the (possibly many-GB) model loads.
     validate_request(config, req);
     const torch::Device device = parse_device(a.device);
-    const auto parent = std::filesystem::path(a.out).parent_path();
-    if (!parent.empty())
-        std::filesystem::create_directories(parent);
-    VideoFileOptions opts;
-    opts.width = static_cast<int>(req.width);
-    opts.height = static_cast<int>(req.height);
-    opts.fps = static_cast<int>(fps);
-    VideoFileWriter writer(a.out, opts);  // opens the output now: a bad path fails before sampling
+    const auto writer = open_output(a.out, req.width, req.height, fps);
 
     VideoModel model(config, a.weights, device, a.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32);
-    const int64_t steps = req.steps.value_or(config.sampler.steps);
+    const int64_t steps = config.sampler.with(req.sampling).steps;
     spdlog::info("generating {} frames at {}x{} ({} fps) with {} ({} steps), seed {}", req.frames, req.width,
                  req.height, fps, config.name, steps, req.seed);
     torch::Tensor video;
@@ -221,12 +226,10 @@ void run_generate(const GenerateArgs& a) {
         });
         bar.finish();
     }
-    const torch::Tensor rgb = video_to_rgb24(video);  // [T, H, W, 3] uint8
-    for (int64_t t = 0; t < rgb.size(0); ++t)
-        writer.write_rgb(rgb[t].contiguous().data_ptr<uint8_t>());
-    writer.finish();
-    spdlog::info("wrote {} ({} frames, {}x{}, {} fps)", a.out, writer.frames_written(), opts.width,
-                 opts.height, fps);
+    write_frames(*writer, video);
+    writer->finish();
+    spdlog::info("wrote {} ({} frames, {}x{}, {} fps)", a.out, writer->frames_written(), req.width,
+                 req.height, fps);
 }
 
 }  // namespace

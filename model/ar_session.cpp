@@ -135,10 +135,9 @@ SectionResult ARSession::next_section(const std::function<void(int64_t, int64_t)
 
     // Sample.
     auto t0 = std::chrono::steady_clock::now();
-    const double guidance = settings_.guidance.value_or(c.sampler.guidance);
-    auto sampler =
-        make_sampler(settings_.solver.value_or(c.sampler.solver), settings_.steps.value_or(c.sampler.steps),
-                     settings_.shift.value_or(c.sampler.shift));
+    const SamplerConfig sc = c.sampler.with(settings_.sampling);
+    const double guidance = sc.guidance;
+    auto sampler = make_sampler(sc);
     SectionSampling s;
     s.guidance = guidance;
     s.text_cond = text_embedding(r.prompt);

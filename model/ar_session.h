@@ -42,10 +42,7 @@ struct SessionSettings {
     int64_t height = 0;
     double fps = 0;
     uint64_t seed = 0;
-    std::optional<int64_t> steps;
-    std::optional<double> guidance;
-    std::optional<double> shift;
-    std::optional<std::string> solver;
+    SamplingOverrides sampling;
     std::string negative_prompt;
 };
 

@@ -307,6 +307,20 @@ void UMT5Config::validate(const std::string& where) const {
 
 // ---------------------------------------------------------------------------------------------- sampler
 
+SamplerConfig SamplerConfig::with(const SamplingOverrides& o) const {
+    SamplerConfig c = *this;
+    c.steps = o.steps.value_or(steps);
+    c.guidance = o.guidance.value_or(guidance);
+    c.shift = o.shift.value_or(shift);
+    c.solver = o.solver.value_or(solver);
+    try {
+        c.validate("request");
+    } catch (const CheckpointError& e) {
+        throw std::invalid_argument(e.what());
+    }
+    return c;
+}
+
 SamplerConfig SamplerConfig::from_json(const nlohmann::json& j, const std::string& where) {
     SamplerConfig c;
     Fields f(j, where, "sampler");

@@ -77,6 +77,14 @@ struct UMT5Config {
     void validate(const std::string& where) const;
 };
 
+// Per-request changes to a model's sampler settings (absent fields keep the config's).
+struct SamplingOverrides {
+    std::optional<int64_t> steps;
+    std::optional<double> guidance;
+    std::optional<double> shift;
+    std::optional<std::string> solver;
+};
+
 struct SamplerConfig {
     std::string solver = "unipc";  // unipc | euler | dpm++
     int64_t steps = 50;
@@ -84,6 +92,8 @@ struct SamplerConfig {
     double guidance = 5.0;
     std::string negative_prompt;
 
+    // These settings with the overrides applied, validated (std::invalid_argument on a bad override).
+    SamplerConfig with(const SamplingOverrides& overrides) const;
     static SamplerConfig from_json(const nlohmann::json& j, const std::string& where);
     nlohmann::json to_json() const;
     void validate(const std::string& where) const;

@@ -165,11 +165,9 @@ torch::Tensor VideoModel::sample_latents(const GenerateRequest& req, const StepC
     const int64_t sf = c.vae.spatial_factor();
     const int64_t tf = c.vae.temporal_factor();
 
-    const int64_t steps = req.steps.value_or(c.sampler.steps);
-    const double shift = req.shift.value_or(c.sampler.shift);
-    const double guidance = req.guidance.value_or(c.sampler.guidance);
-    const std::string solver = req.solver.value_or(c.sampler.solver);
-    auto sampler = make_sampler(solver, steps, shift);
+    const SamplerConfig sc = c.sampler.with(req.sampling);
+    const double guidance = sc.guidance;
+    auto sampler = make_sampler(sc);
 
     SectionSampling s;
     s.guidance = guidance;

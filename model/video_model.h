@@ -26,10 +26,7 @@ struct GenerateRequest {
     int64_t width = 0;
     int64_t height = 0;
     uint64_t seed = 0;
-    std::optional<int64_t> steps;
-    std::optional<double> guidance;
-    std::optional<double> shift;
-    std::optional<std::string> solver;
+    SamplingOverrides sampling;
 };
 
 // Called after each sampling step with (steps done, total steps).
