@@ -53,7 +53,7 @@ ARSession::ARSession(VideoModel& model,
         for (auto& e : encoders) {
             if (e.is_empty())
                 throw std::invalid_argument("a memory encoder is null");
-            memories_.push_back({std::move(e), {}, {}, {0, 0, 0}});
+            memories_.push_back({std::move(e), {}, {}, {}, {0, 0, 0}});
         }
         if (memories_.empty())
             throw std::invalid_argument("use_memory is set but no memory encoder was given");
@@ -98,29 +98,65 @@ torch::Tensor ARSession::text_embedding(const std::string& prompt) {
     return text_cache_[prompt] = model_.embed_text(prompt);
 }
 
-ContextTokens ARSession::context_for(int64_t first_latent) {
-    std::vector<ContextTokens> parts;
-    std::vector<ContextTokens> mems;
-    double oldest = 0;
-    for (const auto& m : memories_) {
-        if (!m.tokens.defined() || m.tokens.size(1) == 0)
+ContextAttention ARSession::context_for(int64_t first_latent) {
+    const double now = static_cast<double>(first_latent);
+    std::vector<std::function<torch::Tensor(const torch::Tensor&)>> cross;
+    for (auto& m : memories_) {
+        const auto fns = m.encoder->cross_attention(m.features);
+        if (fns.empty())
             continue;
-        ContextTokens mem;
-        mem.tokens = m.tokens;
-        mem.positions =
-            memory_positions(m.grid, m.encoder->config().rates(), static_cast<double>(first_latent));
-        oldest = std::max(oldest, -mem.positions.select(1, 0).min().item<double>());
-        mems.push_back(mem);
+        if (cross.empty()) {
+            cross = fns;
+            continue;
+        }
+        // Several encoders with the enhancement: their cross-attentions add up.
+        for (size_t l = 0; l < cross.size(); ++l)
+            cross[l] = [a = cross[l], b = fns[l]](const torch::Tensor& x) { return a(x) + b(x); };
     }
-    // Beyond the trained horizon: rescale the history's times into [-horizon, 0), one scale for every encoder
-    // so their tokens stay aligned in time.
-    if (settings_.horizon > 0 && oldest > settings_.horizon)
-        for (auto& mem : mems)
-            mem.positions.select(1, 0).mul_(settings_.horizon / oldest);
-    parts.insert(parts.end(), mems.begin(), mems.end());
-    if (window_.defined() && window_.size(2) > 0)
-        parts.push_back(latent_context(model_.dit(), window_, -static_cast<double>(window_.size(2))));
-    return concat_context(parts);
+    ContextAttention out;
+    if (window_.defined() && window_.size(2) > 0) {
+        // The window changes every section: its tokens are encoded now, attending to the memory.
+        const torch::Tensor text = text_embedding(window_prompt_);
+        ContextTokens win = latent_context(model_.dit(), window_, now - static_cast<double>(window_.size(2)));
+        ContextKV all = memory_kv_;
+        all.append(encode_context(
+            model_.dit(), memory_kv_, win, [&](double) { return text; }, settings_.horizon));
+        out = attend_context(model_.dit(), all, now, settings_.horizon);
+    } else {
+        out = attend_context(model_.dit(), memory_kv_, now, settings_.horizon);
+    }
+    out.cross = std::move(cross);
+    return out;
+}
+
+void ARSession::append_memory(const std::vector<MemoryTokens>& fresh, const torch::Tensor& text) {
+    std::vector<ContextTokens> parts;
+    for (size_t i = 0; i < memories_.size(); ++i) {
+        auto& m = memories_[i];
+        const MemoryTokens& f = fresh[i];
+        if (f.groups() == 0)
+            continue;
+        const auto grid = f.grid();
+        const int64_t rt = m.encoder->config().rt;
+        m.tokens = m.tokens.defined() ? torch::cat({m.tokens, f.flat()}, 1) : f.flat();
+        if (f.features.defined())
+            m.features =
+                m.features.defined() ? torch::cat({m.features, f.flat_features()}, 1) : f.flat_features();
+        m.grid = {m.grid[0] + grid[0], grid[1], grid[2]};
+        ContextTokens c;
+        c.tokens = f.flat();
+        c.positions = memory_positions(grid, m.encoder->config().rates(), 0.0, f.first_group);
+        // A group exists once its last latent frame does.
+        c.available = (torch::arange(grid[0], torch::kFloat64) + double(f.first_group + 1))
+                          .mul(double(rt))
+                          .repeat_interleave(grid[1] * grid[2]);
+        parts.push_back(std::move(c));
+    }
+    const ContextTokens all = concat_context(parts);
+    if (all.length() == 0)
+        return;
+    memory_kv_.append(encode_context(
+        model_.dit(), memory_kv_, all, [&](double) { return text; }, settings_.horizon));
 }
 
 SectionResult ARSession::next_section(const std::function<void(int64_t, int64_t)>& on_step) {
@@ -148,7 +184,7 @@ SectionResult ARSession::next_section(const std::function<void(int64_t, int64_t)
         torch::randn({1, c.vae.z_dim, settings_.section_frames, settings_.height / sf, settings_.width / sf},
                      gen_, torch::TensorOptions().dtype(torch::kFloat32))
             .to(model_.device());
-    const ContextTokens context = context_for(r.first_latent);
+    const ContextAttention context = context_for(r.first_latent);
     r.context_tokens = context.length();
     s.context = &context;
     const torch::Tensor latents = sample_section(model_.dit(), *sampler, s, on_step);  // [1, C, S, h, w]
@@ -161,22 +197,20 @@ SectionResult ARSession::next_section(const std::function<void(int64_t, int64_t)
 
     // Append to memory and window.
     t0 = std::chrono::steady_clock::now();
+    std::vector<MemoryTokens> fresh;
     for (auto& m : memories_) {
         MemoryInput in;
         in.latents = latents;
         if (m.encoder->config().has_lr())
             in.pixels = frames;
-        const MemoryTokens fresh = m.encoder->encode_append(m.state, in);
-        if (fresh.groups() > 0) {
-            const auto grid = fresh.grid();
-            m.tokens = m.tokens.defined() ? torch::cat({m.tokens, fresh.flat()}, 1) : fresh.flat();
-            m.grid = {m.grid[0] + grid[0], grid[1], grid[2]};
-        }
+        fresh.push_back(m.encoder->encode_append(m.state, in));
     }
+    append_memory(fresh, s.text_cond);
     if (settings_.window > 0) {
         window_ = window_.defined() ? torch::cat({window_, latents}, 2) : latents;
         if (window_.size(2) > settings_.window)
             window_ = window_.slice(2, window_.size(2) - settings_.window).clone();
+        window_prompt_ = r.prompt;
     }
     r.memory_ms = ms_since(t0);
 
@@ -219,6 +253,11 @@ std::map<std::string, int64_t> ARSession::state_bytes() const {
         dec += bytes_of(t);
     out["decoder_state"] = dec;
     out["window"] = bytes_of(window_);
+    out["memory_kv"] = memory_kv_.bytes();
+    int64_t features = 0;
+    for (const auto& m : memories_)
+        features += bytes_of(m.features);
+    out["memory_features"] = features;
     return out;
 }
 

@@ -3,20 +3,21 @@
 // and its RNG, and produces the video section after section.
 //
 // Each section: the prompt in force at the section's start time; sample the section's latents with the memory
-// (and the sliding window) as clean context at relative RoPE positions; decode with the cached causal VAE
-// decoder; append the section's latents and frames to the memory encoder, which returns the tokens of the
-// newly completed groups. A prompt set while a section is being generated takes effect at the next section
-// boundary.
+// (and the sliding window) as clean context in the cached mode (context_kv.h); decode with the cached causal
+// VAE decoder; append the section's latents and frames to the memory encoders, whose newly completed groups
+// are run once through the DiT (their per-block keys and values, cross-attending to the section's prompt)
+// and kept. A prompt set while a section is being generated takes effect at the next section boundary.
 //
-// What grows with the history: the memory tokens (and the encoder's attention cache, one key/value per memory
-// token). Everything else is bounded: the VAE decoder state and the encoder's convolution caches are
-// fixed-size, the window holds w latent frames, and no latent or pixel history is kept.
+// What grows with the history: the memory tokens, their per-block keys/values in the DiT, and the encoder's
+// attention cache (one key/value per memory token). Everything else is bounded: the VAE decoder state and the
+// encoder's convolution caches are fixed-size, the window holds w latent frames, and no latent or pixel
+// history is kept. A section's cost grows only by its queries' attention over the cached keys.
 //
-// Time positions far beyond the trained horizon: memory tokens carry no position of their own; each section
-// gives them RoPE times relative to its start. When the history is longer than `horizon` latent frames, the
-// times of the memory are rescaled linearly so that the oldest token sits at -horizon (order and relative
-// spacing kept, recent tokens compressed least in absolute terms), so the DiT never sees time offsets larger
-// than it was trained on.
+// Time positions far beyond the trained horizon: memory keys are stored before RoPE with absolute times;
+// each use rotates them relative to the section (or the group being encoded). When the history is longer
+// than `horizon` latent frames, the context's times are rescaled linearly so that the oldest token sits at
+// -horizon (order and relative spacing kept), so the DiT never sees time offsets larger than it was trained
+// on.
 #pragma once
 
 #include <torch/torch.h>
@@ -26,7 +27,7 @@
 #include <mutex>
 #include <string>
 
-#include "model/context_dit.h"
+#include "model/context_kv.h"
 #include "model/memory_encoder.h"
 #include "model/storyboard.h"
 #include "model/video_model.h"
@@ -85,9 +86,11 @@ class ARSession {
     // All memory tokens [1, L, dim]: each encoder's tokens oldest first, encoders in order (undefined before
     // the first completed group).
     torch::Tensor memory() const;
-    // The clean context a section starting at latent frame first_latent sees: memory tokens at their
-    // (possibly horizon-rescaled) relative times, then the window.
-    ContextTokens context_for(int64_t first_latent);
+    // The clean context a section starting at latent frame first_latent sees: the memory's cached keys/values
+    // at their (possibly horizon-rescaled) relative times, then the window, encoded for this section.
+    ContextAttention context_for(int64_t first_latent);
+    // The memory's per-block keys/values (absolute positions).
+    const ContextKV& memory_kv() const { return memory_kv_; }
 
   private:
     torch::Tensor text_embedding(const std::string& prompt);
@@ -98,8 +101,11 @@ class ARSession {
         MemoryEncoder encoder;
         MemoryEncoderState state;
         torch::Tensor tokens;                  // [1, L, dim] oldest first
+        torch::Tensor features;                // [1, L, feature_dim] (cross-attention enhancement only)
         std::array<int64_t, 3> grid{0, 0, 0};  // (groups, h, w)
     };
+    // Appends the new memory tokens of every encoder to the cached context.
+    void append_memory(const std::vector<MemoryTokens>& fresh, const torch::Tensor& text);
     std::vector<Memory> memories_;
     SessionSettings settings_;
     mutable std::mutex storyboard_mutex_;
@@ -109,7 +115,9 @@ class ARSession {
     int64_t latents_done_ = 0;
     int64_t pixels_done_ = 0;
     VaeDecoderState decoder_;
+    ContextKV memory_kv_;                              // every memory token's keys/values in the DiT
     torch::Tensor window_;                             // [1, C, <= w, h, w]
+    std::string window_prompt_;                        // the prompt of the window's latest frames
     std::map<std::string, torch::Tensor> text_cache_;  // prompt -> DiT text embedding (a few entries)
 };
 

@@ -428,6 +428,14 @@ MemoryEncoderImpl::MemoryEncoderImpl(const MemoryEncoderConfig& config, WanDiT d
             proj->weight.zero_();
             proj->bias.zero_();
         }
+        if (config_.cross_attn_features) {
+            // The cross-attention enhancement: one zero-initialised cross-attention per DiT block.
+            const auto& dc = dit_->config();
+            dit_cross_attn = register_module("dit_cross_attn", torch::nn::ModuleList());
+            for (int64_t i = 0; i < dc.num_layers; ++i)
+                dit_cross_attn->push_back(
+                    MemoryCrossAttention(dim_, config_.feature_dim(), dc.num_heads, dc.eps));
+        }
     }
     if (config_.variant == "large_patchifier") {
         patchifier = register_module(
@@ -762,6 +770,21 @@ MemoryTokens MemoryEncoderImpl::encode_full(const MemoryInput& input, bool inclu
     out.tokens = cat_defined(out.tokens, rest.tokens, 1);
     if (out.features.defined() || rest.features.defined()) {
         out.features = cat_defined(out.features, rest.features, 1);
+    }
+    return out;
+}
+
+std::vector<std::function<torch::Tensor(const torch::Tensor&)>> MemoryEncoderImpl::cross_attention(
+    const torch::Tensor& features) {
+    std::vector<std::function<torch::Tensor(const torch::Tensor&)>> out;
+    if (!dit_cross_attn || !features.defined() || features.size(1) == 0)
+        return out;
+    TORCH_CHECK(features.dim() == 3 && features.size(2) == config_.feature_dim(),
+                "memory cross-attention: features must be [B, L, ", config_.feature_dim(), "], got ",
+                features.sizes());
+    for (size_t i = 0; i < dit_cross_attn->size(); ++i) {
+        auto module = dit_cross_attn->ptr<MemoryCrossAttentionImpl>(i);
+        out.push_back([module, features](const torch::Tensor& x) { return module->forward(x, features); });
     }
     return out;
 }

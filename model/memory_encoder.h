@@ -53,6 +53,7 @@
 #include <torch/torch.h>
 
 #include <array>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -60,6 +61,7 @@
 #include <vector>
 
 #include "model/linear.h"
+#include "model/memory_cross_attention.h"
 #include "model/wan_dit.h"
 #include "model/wan_vae.h"
 
@@ -86,7 +88,8 @@ struct MemoryEncoderConfig {
     std::vector<int64_t> hr_channels{64, 128, 256, 512};
     int64_t attn_layers = 2;
     int64_t attn_heads = 8;
-    // Return the penultimate HR features (before the projection) for the cross-attention enhancement.
+    // The cross-attention enhancement: return the penultimate HR features (before the projection) and own one
+    // zero-initialised cross-attention per DiT block over them (memory_cross_attention.h).
     bool cross_attn_features = false;
 
     MemoryRates rates() const { return {rh, rw, rt}; }
@@ -258,6 +261,13 @@ class MemoryEncoderImpl : public torch::nn::Module {
     Linear proj{nullptr};
     // large_patchifier.
     torch::nn::Conv3d patchifier{nullptr};
+    // Cross-attention enhancement (cross_attn_features with an HR branch): one per DiT block.
+    torch::nn::ModuleList dit_cross_attn{nullptr};
+
+    // The per-block extra cross-attentions over memory features [B or 1, L, feature_dim] (flat_features()),
+    // as dit_velocity's ContextAttention::cross takes them; empty without the enhancement or features.
+    std::vector<std::function<torch::Tensor(const torch::Tensor&)>> cross_attention(
+        const torch::Tensor& features);
 
   private:
     struct HrOut {

@@ -108,12 +108,29 @@ torch::Tensor draw_targets(int64_t batch, int64_t frames, int64_t k, torch::Gene
     return torch::stack(rows);
 }
 
+namespace {
+
+// Context tokens (times relative to the section) through the DiT in the cached mode, as the session runs
+// them: time-causal among themselves, keys/values read by the section.
+ContextAttention cached_context(WanDiTImpl& dit, const ContextTokens& context, const ContextText& text_at) {
+    ContextAttention out = attend_context(dit, encode_context(dit, ContextKV{}, context, text_at), 0.0);
+    out.cross = context.cross;
+    return out;
+}
+
+}  // namespace
+
 ContextTokens memory_context(const MemoryTokens& memory, const MemoryRates& rates, double t_ref) {
     ContextTokens c;
     if (memory.groups() == 0)
         return c;
     c.tokens = memory.flat();
-    c.positions = memory_positions(memory.grid(), rates, t_ref, memory.first_group);
+    const auto grid = memory.grid();
+    c.positions = memory_positions(grid, rates, t_ref, memory.first_group);
+    c.available = (torch::arange(grid[0], torch::kFloat64) + double(memory.first_group + 1))
+                      .mul(double(rates.rt))
+                      .sub(t_ref)
+                      .repeat_interleave(grid[1] * grid[2]);
     return c;
 }
 
@@ -163,8 +180,9 @@ FlowLoss retrieval_loss(WanDiTImpl& dit,
     const auto s = expand_frames(frame_sigma, clean);
     const auto x_t = (1 - s) * clean + s * noise;
     out.target = flow_velocity_target(clean, noise);
+    const ContextAttention context = cached_context(dit, memory, [&](double) { return text; });
     out.prediction = dit_velocity(dit, x_t, token_timesteps(frame_sigma, tokens_per_frame(dit, clean)), text,
-                                  &memory, times);
+                                  context, times);
     out.loss = masked_flow_loss(out.prediction, out.target, out.loss_mask);
     return out;
 }
@@ -211,11 +229,13 @@ FlowLoss autoregressive_loss(WanDiTImpl& dit,
                     "autoregressive: window_latents must hold the last ", inputs.window, " history frames");
         parts.push_back(latent_context(dit, inputs.window_latents, -static_cast<double>(inputs.window)));
     }
-    const ContextTokens context = concat_context(parts);
+    const ContextAttention context =
+        cached_context(dit, concat_context(parts),
+                       inputs.history_text ? inputs.history_text : ContextText([&](double) { return text; }));
     out.target = flow_velocity_target(x0, noise);
     out.loss_mask = torch::ones({b, f}, x0.options());
     out.prediction =
-        dit_velocity(dit, x_t, token_timesteps(frame_sigma, tokens_per_frame(dit, x0)), text, &context);
+        dit_velocity(dit, x_t, token_timesteps(frame_sigma, tokens_per_frame(dit, x0)), text, context);
     out.loss = masked_flow_loss(out.prediction, out.target, out.loss_mask);
     return out;
 }

@@ -24,7 +24,7 @@
 #include <string>
 #include <vector>
 
-#include "model/context_dit.h"
+#include "model/context_kv.h"
 #include "model/flow_matching.h"
 #include "model/memory_encoder.h"
 #include "model/storyboard.h"
@@ -89,7 +89,8 @@ FlowLoss retrieval_loss(WanDiTImpl& dit,
                         torch::Generator& gen,
                         torch::Tensor* omega_out = nullptr);
 
-// phi(history) as DiT context: tokens and positions relative to latent frame t_ref.
+// phi(history) as DiT context: tokens, positions relative to latent frame t_ref, and the time each group
+// becomes available (the end of its frames), for the cached mode.
 ContextTokens memory_context(const MemoryTokens& memory, const MemoryRates& rates, double t_ref);
 
 // ------------------------------------------------------------------------------------------- autoregressive
@@ -118,9 +119,14 @@ struct ARInputs {
     ContextTokens memory;          // phi(history) at times relative to the cut
     int64_t window = 0;            // uncompressed latent frames of history given as clean tokens
     torch::Tensor window_latents;  // [B, C, window, h, w]
+    // The text each piece of history cross-attends to, by its availability time relative to the cut (e.g.
+    // the storyboard entry in force then, as the session does); unset: the target's text.
+    ContextText history_text;
 };
 
-// The section after the cut, with memory (and optional sliding window) as clean context.
+// The section after the cut, with memory (and optional sliding window) as clean context in the cached mode
+// (context_kv.h), as the session generates it. The memory's cross-attention enhancement, if any, comes in
+// inputs.memory.cross.
 FlowLoss autoregressive_loss(WanDiTImpl& dit,
                              const ARInputs& inputs,
                              const torch::Tensor& text,

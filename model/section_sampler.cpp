@@ -10,12 +10,8 @@ torch::Tensor sample_section(WanDiTImpl& dit,
     TORCH_CHECK(!cfg || s.text_uncond.defined(),
                 "sample_section: guidance needs an unconditional text embedding");
     const auto text = cfg ? torch::cat({s.text_cond, s.text_uncond}, 0) : s.text_cond;
-    ContextTokens context;
-    if (s.context && s.context->length() > 0) {
-        context = *s.context;
-        if (cfg)
-            context.tokens = context.tokens.repeat({2, 1, 1});
-    }
+    const ContextAttention none;
+    const ContextAttention& context = s.context ? *s.context : none;
     torch::Tensor x = s.noise;
     const int64_t total = sampler.num_steps();
     while (!sampler.done()) {
@@ -23,7 +19,7 @@ torch::Tensor sample_section(WanDiTImpl& dit,
         const auto t = torch::full({cfg ? 2 : 1}, static_cast<double>(sampler.timestep(i)),
                                    torch::TensorOptions().device(x.device()));
         const auto input = cfg ? x.repeat({2, 1, 1, 1, 1}) : x;
-        const auto v = dit_velocity(dit, input, t, text, context.length() > 0 ? &context : nullptr);
+        const auto v = dit_velocity(dit, input, t, text, context);
         const auto guided = cfg ? cfg_combine(v.slice(0, 1, 2), v.slice(0, 0, 1), s.guidance) : v;
         x = sampler.step(guided, i, x);
         if (on_step)

@@ -1,13 +1,13 @@
 // One sampling run of the flow-matching sampler over the DiT for a block of latent frames, with
 // classifier-free guidance (conditional and unconditional passes as one batch of two) and optional clean
-// context tokens. Shared by text-to-video generation and by the autoregressive session.
+// context (cached mode, context_kv.h). Shared by text-to-video generation and by the autoregressive session.
 #pragma once
 
 #include <torch/torch.h>
 
 #include <functional>
 
-#include "model/context_dit.h"
+#include "model/context_kv.h"
 #include "model/flow_matching.h"
 
 namespace memoreel {
@@ -17,7 +17,7 @@ struct SectionSampling {
     torch::Tensor text_cond;    // [1, text_len, dim] (WanDiTImpl::embed_text)
     torch::Tensor text_uncond;  // [1, text_len, dim]; undefined when guidance == 1
     double guidance = 1.0;
-    const ContextTokens* context = nullptr;  // batch 1; repeated for the two CFG passes
+    const ContextAttention* context = nullptr;  // cached clean context (batch 1, shared by the CFG passes)
 };
 
 // Runs every step of `sampler` (from its current step) and returns the final latents [1, C, F, h, w].

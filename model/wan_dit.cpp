@@ -82,9 +82,12 @@ WanAttentionImpl::WanAttentionImpl(int64_t dim, int64_t num_heads, bool qk_norm,
 torch::Tensor WanAttentionImpl::forward(const torch::Tensor& x,
                                         const torch::Tensor& context,
                                         const RopeTables* rope,
-                                        const torch::Tensor& key_lens) {
+                                        const torch::Tensor& key_lens,
+                                        const BlockContext* block) {
     const bool self = !context.defined();
     TORCH_CHECK(!self || rope != nullptr, "WanAttention: self-attention needs RoPE tables");
+    TORCH_CHECK(!block || (self && !key_lens.defined()),
+                "WanAttention: block context is for self-attention without a key mask");
     const auto dtype = q->weight.scalar_type();
     const auto& src = self ? x : context;
     const int64_t b = x.size(0), lq = x.size(1), lk = src.size(1);
@@ -95,12 +98,26 @@ torch::Tensor WanAttentionImpl::forward(const torch::Tensor& x,
     auto kk = k->forward(src.to(dtype));
     qq = norm_q ? norm_q->forward(qq) : qq.to(torch::kFloat);
     kk = norm_k ? norm_k->forward(kk) : kk.to(torch::kFloat);
-    const auto vv = v->forward(src.to(dtype)).view({b, lk, num_heads_, head_dim});
+    auto vv = v->forward(src.to(dtype)).view({b, lk, num_heads_, head_dim});
     qq = qq.view({b, lq, num_heads_, head_dim});
     kk = kk.view({b, lk, num_heads_, head_dim});
+    if (block && block->record)
+        *block->record = {kk, vv};
     if (self) {
         qq = apply_rope(qq, *rope);
         kk = apply_rope(kk, *rope);
+    }
+    if (block && block->extra) {
+        const auto& ex = *block->extra;
+        TORCH_CHECK(ex.k.dim() == 4 && ex.k.size(2) == num_heads_ && ex.k.size(3) == head_dim &&
+                        ex.v.sizes() == ex.k.sizes(),
+                    "WanAttention: extra keys/values must be [B, L, ", num_heads_, ", ", head_dim, "], got ",
+                    ex.k.sizes(), " and ", ex.v.sizes());
+        const auto expand = [&](const torch::Tensor& t) {
+            return t.size(0) == b ? t : t.expand({b, -1, -1, -1});
+        };
+        kk = torch::cat({kk.to(dtype), expand(ex.k).to(dtype)}, 1);
+        vv = torch::cat({vv, expand(ex.v).to(vv.scalar_type())}, 1);
     }
     const auto out = attention(qq.to(dtype), kk.to(dtype), vv, key_lens);
     return o->forward(out.reshape({b, lq, num_heads_ * head_dim}).to(dtype)).to(torch::kFloat);
@@ -127,13 +144,15 @@ torch::Tensor WanAttentionBlockImpl::forward(const torch::Tensor& x_in,
                                              const torch::Tensor& text,
                                              const RopeTables& rope,
                                              const torch::Tensor& key_lens,
-                                             WanDiTTrace* trace) {
+                                             WanDiTTrace* trace,
+                                             const BlockContext* context) {
     // The six modulation chunks (shift, scale, gate for self-attention, then for the FFN), each [B, L, dim],
     // formed one at a time: the whole [B, L, 6, dim] sum is large for long sequences.
     const auto mod = [&](int64_t i) { return modulation.select(1, i).to(torch::kFloat) + e0.select(2, i); };
     auto x = x_in.to(torch::kFloat);
 
-    auto y = self_attn->forward(layer_norm_fp32(x, dim_, eps_) * (1 + mod(1)) + mod(0), {}, &rope, key_lens);
+    auto y = self_attn->forward(layer_norm_fp32(x, dim_, eps_) * (1 + mod(1)) + mod(0), {}, &rope, key_lens,
+                                context);
     if (trace)
         trace->self_attn_out.push_back(y);
     x = x + y * mod(2);
@@ -146,6 +165,8 @@ torch::Tensor WanAttentionBlockImpl::forward(const torch::Tensor& x_in,
     if (trace)
         trace->cross_attn_out.push_back(y);
     x = x + y;
+    if (context && context->cross)
+        x = x + context->cross(xn);
 
     y = ffn->forward(layer_norm_fp32(x, dim_, eps_) * (1 + mod(4)) + mod(3), ffn->weight_dtype());
     x = x + y * mod(5);

@@ -21,6 +21,7 @@
 #include <torch/torch.h>
 
 #include <array>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -41,6 +42,23 @@ struct WanDiTTrace {
     std::vector<torch::Tensor> cross_attn_out;  // per block, after `o`
     std::vector<torch::Tensor> block_out;       // per block
     torch::Tensor head_out;                     // [B, L, prod(patch) * out_dim]
+};
+
+// Keys and values of one self-attention layer, [B, L, heads, head_dim].
+struct AttentionKV {
+    torch::Tensor k;
+    torch::Tensor v;
+};
+
+// How a block meets clean context computed beforehand (context_kv.h): `extra` keys (already RoPE-rotated) and
+// values that the block's self-attention attends to besides its own tokens'; `record`, where to store the
+// tokens' own keys (before RoPE, fp32) and values; `cross`, an optional extra cross-attention (the memory's
+// cross-attention enhancement) whose output, given the normed tokens that the text cross-attention sees, is
+// added to the residual stream right after it.
+struct BlockContext {
+    const AttentionKV* extra = nullptr;
+    AttentionKV* record = nullptr;
+    std::function<torch::Tensor(const torch::Tensor&)> cross;
 };
 
 // RMSNorm over the last dim (WanRMSNorm): computed in fp32, returns fp32.
@@ -87,11 +105,13 @@ class WanAttentionImpl : public torch::nn::Module {
     WanAttentionImpl(int64_t dim, int64_t num_heads, bool qk_norm, double eps);
     // x: [B, Lq, dim] fp32. context undefined: self-attention over x, with `rope` (required) applied to q and
     // k and keys >= key_lens masked. context defined ([B, Lk, dim]): cross-attention, no RoPE, key_lens as
-    // given. Returns the output of `o`, fp32 [B, Lq, dim].
+    // given. Returns the output of `o`, fp32 [B, Lq, dim]. `block` (self-attention only, no key_lens): extra
+    // keys/values to attend to and where to record x's own (see BlockContext).
     torch::Tensor forward(const torch::Tensor& x,
                           const torch::Tensor& context,
                           const RopeTables* rope,
-                          const torch::Tensor& key_lens);
+                          const torch::Tensor& key_lens,
+                          const BlockContext* block = nullptr);
     Linear q{nullptr}, k{nullptr}, v{nullptr}, o{nullptr};
     WanRMSNorm norm_q{nullptr}, norm_k{nullptr};  // null when qk_norm is off
 
@@ -105,13 +125,14 @@ class WanAttentionBlockImpl : public torch::nn::Module {
   public:
     explicit WanAttentionBlockImpl(const WanDiTConfig& config);
     // x [B, L, dim] fp32; e0 [B, L, 6, dim]; text [B, Lt, dim]; rope for the L tokens; key_lens [B] or
-    // undefined.
+    // undefined; context: clean context computed beforehand (see BlockContext).
     torch::Tensor forward(const torch::Tensor& x,
                           const torch::Tensor& e0,
                           const torch::Tensor& text,
                           const RopeTables& rope,
                           const torch::Tensor& key_lens,
-                          WanDiTTrace* trace = nullptr);
+                          WanDiTTrace* trace = nullptr,
+                          const BlockContext* context = nullptr);
     torch::Tensor modulation;  // [1, 6, dim]
     WanAttention self_attn{nullptr};
     torch::nn::LayerNorm norm3{nullptr};  // null when cross_attn_norm is off
@@ -200,6 +221,7 @@ class WanDiTImpl : public torch::nn::Module {
         const WanDiTConfig& config);
 
     const WanDiTConfig& config() const { return config_; }
+    WanAttentionBlockImpl& block(int64_t i) { return *blocks->ptr<WanAttentionBlockImpl>(i); }
     // The dtype the block matmuls run in (that of the weights).
     torch::ScalarType compute_dtype() const { return patch_embedding->weight.scalar_type(); }
 

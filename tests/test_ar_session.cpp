@@ -117,6 +117,10 @@ TEST_SUITE("ar_session") {
                   sizes[1]["memory_tokens"] - sizes[0]["memory_tokens"]);
             CHECK(sizes[i]["encoder_state"] - sizes[i - 1]["encoder_state"] ==
                   sizes[2]["encoder_state"] - sizes[1]["encoder_state"]);
+            // The memory's keys/values in the DiT: a fixed amount per memory token.
+            CHECK(sizes[i]["memory_kv"] - sizes[i - 1]["memory_kv"] ==
+                  sizes[1]["memory_kv"] - sizes[0]["memory_kv"]);
+            CHECK(sizes[i]["memory_kv"] > sizes[i - 1]["memory_kv"]);
         }
         CHECK(sizes.back()["window"] == 2 * 16 * 8 * 8 * 4);  // 2 latent frames [16, 8, 8] in fp32
     }
@@ -130,7 +134,10 @@ TEST_SUITE("ar_session") {
             session.next_section();
         const auto ctx = session.context_for(session.latent_frames_done());
         REQUIRE(ctx.length() == session.memory_tokens());
-        const auto times = ctx.positions.select(1, 0);
+        REQUIRE(session.memory_kv().length() == session.memory_tokens());
+        const auto times =
+            context_rope_positions(session.memory_kv().positions, double(session.latent_frames_done()), 3.0)
+                .select(1, 0);
         CHECK(times.max().item<double>() < 0);
         CHECK(times.min().item<double>() == doctest::Approx(-3.0));
         // Without a horizon the oldest group's centre is 0.5 latent frames from the start: 8 - 0.5 back.
@@ -138,7 +145,10 @@ TEST_SUITE("ar_session") {
         ARSession free(f.model, f.encoder, Storyboard({{0, "a red fox"}}), settings);
         for (int i = 0; i < 4; ++i)
             free.next_section();
-        CHECK(free.context_for(8).positions.select(1, 0).min().item<double>() == doctest::Approx(-7.5));
+        CHECK(context_rope_positions(free.memory_kv().positions, 8.0, 0.0).select(1, 0).min().item<double>() ==
+              doctest::Approx(-7.5));
+        // Keys are stored before RoPE with absolute times: the newest group is centred at latent frame 6.5.
+        CHECK(free.memory_kv().positions.select(1, 0).max().item<double>() == doctest::Approx(6.5));
     }
 
     TEST_CASE("bad settings are refused") {
