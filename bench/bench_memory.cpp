@@ -1,22 +1,26 @@
 // `memoreel bench memory`: section latency and memory-append time against history length, for the compressed
 // memory, for the uncompressed full history (what a naive system attends to) and for a sliding window alone.
 //
-// Per history length the benchmark builds the context a section would see (real memory tokens from the
-// encoder, appended chunk by chunk through its streaming state; the full history as patch-embedded latent
-// frames; the window as its last w latent frames), times one sampler step (the CFG pair as one DiT batch of
-// two) with that context, and reports the section latency as steps x step + the section's VAE decode + the
-// memory append. Latent and pixel values are random: costs do not depend on them.
+// Per history length the benchmark builds the context a section would see exactly as the session does: the
+// memory tokens from the encoder, appended section by section through its streaming state, each new group
+// run once through the DiT (cached mode, context_kv.h); the sliding window encoded for the section; the full
+// history two ways: joint (every step re-runs the history through the DiT, the naive system) and cached
+// (keys/values of every uncompressed token kept, random values of the right shapes since costs do not depend
+// on them). It times one sampler step (the CFG pair as one DiT batch of two) and reports the section latency
+// as steps x step + the section's VAE decode + the per-section context preparation (window encoding, key
+// rotation) + the memory append (encoder + DiT keys/values of the new groups). Latent and pixel values are
+// random: costs do not depend on them.
 #include <CLI/CLI.hpp>
 
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <tuple>
 
 #include "bench/bench_util.h"
 #include "cli/commands.h"
-#include "model/context_dit.h"
+#include "cli/process_memory.h"
+#include "model/context_kv.h"
 #include "model/memory_encoder.h"
 #include "model/memory_geometry.h"
 #include "model/wan_dit.h"
@@ -33,18 +37,10 @@ struct MemoryBenchArgs {
     std::vector<double> seconds{5, 30, 60, 120, 300};
     int64_t section_frames = 4;
     int64_t window = 8;
-    double full_max_seconds = 10;  // the full-history baseline gets slow quickly (30 s: ~4.5 min a step here)
+    double full_max_seconds = 10;  // joint full history gets slow quickly (30 s: ~4.5 min a step here)
+    double full_cached_max_seconds = 60;
     int repeats = 3;
 };
-
-double rss_mb(const char* field) {
-    std::ifstream in("/proc/self/status");
-    std::string line;
-    while (std::getline(in, line))
-        if (line.rfind(field, 0) == 0)
-            return std::stod(line.substr(std::string(field).size())) / 1024.0;
-    return 0;
-}
 
 void bench_memory(const MemoryBenchArgs& a) {
     const ModelConfig c = ModelConfig::load(a.model);
@@ -68,8 +64,14 @@ void bench_memory(const MemoryBenchArgs& a) {
     const auto text =
         dit->embed_text({torch::randn({16, c.dit.text_dim}), torch::randn({16, c.dit.text_dim})});
     const auto t = torch::full({2}, 500.0);
-    auto step_ms = [&](const ContextTokens* ctx) {
+    auto step_ms = [&](const ContextAttention& ctx) {
         return bench::time_it([&] { (void)dit_velocity(*dit, x, t, text, ctx); }, a.repeats).median_ms;
+    };
+    auto joint_step_ms = [&](const ContextTokens* ctx) {
+        return bench::time_it([&] { (void)dit_velocity(*dit, x, t, text, ctx); }, a.repeats).median_ms;
+    };
+    auto ms_since = [](std::chrono::steady_clock::time_point t0) {
+        return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     };
     // The section's decode does not depend on the history (fixed-size causal cache).
     VaeDecoderState dec;
@@ -81,89 +83,145 @@ void bench_memory(const MemoryBenchArgs& a) {
                                  },
                                  1, 0)
                                  .median_ms;
+    const auto text1 = text.slice(0, 0, 1);
+    const ContextText text_at = [&](double) { return text1; };
 
     std::printf(
         "model %s, %lldx%lld at %lld fps, sections of %lld latent frames, %lld steps with CFG, %d threads\n",
         c.name.c_str(), static_cast<long long>(c.width), static_cast<long long>(c.height),
         static_cast<long long>(c.fps), static_cast<long long>(s), static_cast<long long>(steps),
         torch::get_num_threads());
-    std::printf("memory %s %s; window %lld latent frames; VAE decode of a section %.0f ms\n\n",
+    std::printf("memory %s %s; window %lld latent frames; VAE decode of a section %.0f ms\n",
                 mc.rates().str().c_str(), mc.variant.c_str(), static_cast<long long>(a.window), decode_ms);
-    std::printf("%9s  %-11s %9s %12s %14s %11s %9s\n", "history_s", "mode", "ctx_tok", "step_ms",
-                "section_ms", "append_ms", "rss_MB");
+    std::printf(
+        "section_ms = steps x step_ms + decode + prep_ms (window encoding, key rotation) + append_ms\n\n");
+    std::printf("%9s  %-12s %9s %10s %10s %12s %11s %9s\n", "history_s", "mode", "ctx_tok", "step_ms",
+                "prep_ms", "section_ms", "append_ms", "rss_MB");
+    auto row = [&](double seconds, const char* mode, int64_t tokens, double step, double prep,
+                   double append) {
+        const double section = steps * step + decode_ms + prep + append;
+        std::printf("%9.0f  %-12s %9lld %10.1f %10.1f %12.0f %11.1f %9.0f\n", seconds, mode,
+                    static_cast<long long>(tokens), step, prep, section, append, resident_mb());
+        std::fflush(stdout);
+        return section;
+    };
+
+    // The memory tokens of new groups as DiT context at absolute times, available at their group's end.
+    auto memory_part = [&](const MemoryTokens& m) {
+        ContextTokens ctx;
+        if (m.groups() == 0)
+            return ctx;
+        const auto grid = m.grid();
+        ctx.tokens = m.flat();
+        ctx.positions = memory_positions(grid, mc.rates(), 0.0, m.first_group);
+        ctx.available = (torch::arange(grid[0], torch::kFloat64) + double(m.first_group + 1))
+                            .mul(double(mc.rt))
+                            .repeat_interleave(grid[1] * grid[2]);
+        return ctx;
+    };
+    auto section_input = [&](int64_t n, int64_t first_latent) {
+        MemoryInput in;
+        in.latents = torch::randn({1, c.vae.z_dim, n, h, w});
+        const int64_t pix = first_latent == 0 ? 1 + 4 * (n - 1) : 4 * n;
+        if (mc.has_lr())
+            in.pixels = torch::rand({1, 3, pix, c.height, c.width}) * 2 - 1;
+        return in;
+    };
 
     MemoryEncoderState state;
+    ContextKV memory;
     int64_t latents_in = 0;
     std::vector<std::tuple<double, std::string, double>> series;
     for (double seconds : a.seconds) {
-        // Grow the memory to this history length, chunk by chunk (pixels are never all held at once).
+        // Grow the memory to this history length, section by section (pixels are never all held at once).
         const int64_t frames = static_cast<int64_t>(std::llround(seconds * c.fps));
         const int64_t target_latents = ((1 + (frames - 1) / 4) / s) * s;
         while (latents_in < target_latents) {
-            const int64_t n = std::min<int64_t>(4 * s, target_latents - latents_in);
-            MemoryInput in;
-            in.latents = torch::randn({1, c.vae.z_dim, n, h, w});
-            const int64_t pix = latents_in == 0 ? 1 + 4 * (n - 1) : 4 * n;
-            if (mc.has_lr())
-                in.pixels = torch::rand({1, 3, pix, c.height, c.width}) * 2 - 1;
-            (void)enc->encode_append(state, in);
-            latents_in += n;
+            const MemoryTokens fresh = enc->encode_append(state, section_input(s, latents_in));
+            memory.append(encode_context(*dit, memory, memory_part(fresh), text_at));
+            latents_in += s;
         }
-        // One more section's append, timed on a copy of the state (the history stays as measured).
+        const double now = static_cast<double>(latents_in);
+        // One more section's append, timed on copies (the history stays as measured).
         double append_ms = 0;
         {
             MemoryEncoderState probe = state;
-            MemoryInput in;
-            in.latents = torch::randn({1, c.vae.z_dim, s, h, w});
-            if (mc.has_lr())
-                in.pixels = torch::rand({1, 3, 4 * s, c.height, c.width}) * 2 - 1;
+            const MemoryInput in = section_input(s, latents_in);
             const auto t0 = std::chrono::steady_clock::now();
-            (void)enc->encode_append(probe, in);
-            append_ms =
-                std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+            const MemoryTokens fresh = enc->encode_append(probe, in);
+            (void)encode_context(*dit, memory, memory_part(fresh), text_at);
+            append_ms = ms_since(t0);
         }
-        // Compressed memory: the tokens the encoder holds for this history, at their relative times.
-        const int64_t groups = state.groups_emitted;
-        const auto grid_full = enc->token_grid(groups * mc.rt, h, w);
-        ContextTokens mem;
-        mem.tokens = torch::randn({2, grid_full[0] * grid_full[1] * grid_full[2], c.dit.dim});
-        mem.positions = memory_positions(grid_full, mc.rates(), static_cast<double>(latents_in));
-        const double mem_step = step_ms(&mem);
-        const double mem_section = steps * mem_step + decode_ms + append_ms;
-        std::printf("%9.0f  %-11s %9lld %12.1f %14.0f %11.1f %9.0f\n", seconds, "compressed",
-                    static_cast<long long>(mem.length()), mem_step, mem_section, append_ms, rss_mb("VmRSS:"));
-        series.emplace_back(seconds, "compressed", mem_section);
+        const auto window_latents = torch::randn({1, c.dit.in_dim, a.window, h, w});
+        const double window_offset = now - static_cast<double>(a.window);
+
+        // Compressed memory alone.
+        auto t0 = std::chrono::steady_clock::now();
+        ContextAttention mem = attend_context(*dit, memory, now);
+        double prep = ms_since(t0);
+        series.emplace_back(seconds, "compressed",
+                            row(seconds, "compressed", mem.length(), step_ms(mem), prep, append_ms));
+        mem = {};
+
+        // Memory and window, as `generate --window` runs the session.
+        t0 = std::chrono::steady_clock::now();
+        {
+            ContextKV all = memory;
+            all.append(
+                encode_context(*dit, memory, latent_context(*dit, window_latents, window_offset), text_at));
+            mem = attend_context(*dit, all, now);
+        }
+        prep = ms_since(t0);
+        series.emplace_back(seconds, "mem+window",
+                            row(seconds, "mem+window", mem.length(), step_ms(mem), prep, append_ms));
+        mem = {};
 
         // Sliding window alone: constant context.
-        ContextTokens win = latent_context(*dit, torch::randn({2, c.dit.in_dim, a.window, h, w}),
-                                           -static_cast<double>(a.window));
-        const double win_step = step_ms(&win);
-        std::printf("%9.0f  %-11s %9lld %12.1f %14.0f %11s %9.0f\n", seconds, "window",
-                    static_cast<long long>(win.length()), win_step, steps * win_step + decode_ms, "-",
-                    rss_mb("VmRSS:"));
-        series.emplace_back(seconds, "window", steps * win_step + decode_ms);
+        t0 = std::chrono::steady_clock::now();
+        ContextAttention win = attend_context(
+            *dit, encode_context(*dit, {}, latent_context(*dit, window_latents, window_offset), text_at),
+            now);
+        prep = ms_since(t0);
+        series.emplace_back(seconds, "window", row(seconds, "window", win.length(), step_ms(win), prep, 0.0));
+        win = {};
 
         // Uncompressed full history.
         const int64_t full_tokens = uncompressed_context({c.width, c.height, static_cast<double>(c.fps),
                                                           seconds, sf, 4, c.dit.patch_size[1]})
                                         .padded;
+        const auto full_positions = rope_grid_positions(full_tokens / ((h / 2) * (w / 2)), h / 2, w / 2,
+                                                        {-static_cast<double>(latents_in), 0.0, 0.0});
         if (seconds <= a.full_max_seconds) {
             ContextTokens full;
             full.tokens = torch::randn({2, full_tokens, c.dit.dim});
-            full.positions = rope_grid_positions(full_tokens / ((h / 2) * (w / 2)), h / 2, w / 2,
-                                                 {-static_cast<double>(latents_in), 0.0, 0.0});
-            const double full_step = step_ms(&full);
-            std::printf("%9.0f  %-11s %9lld %12.1f %14.0f %11s %9.0f\n", seconds, "full",
-                        static_cast<long long>(full_tokens), full_step, steps * full_step + decode_ms, "-",
-                        rss_mb("VmRSS:"));
-            series.emplace_back(seconds, "full", steps * full_step + decode_ms);
+            full.positions = full_positions;
+            series.emplace_back(seconds, "full-joint",
+                                row(seconds, "full-joint", full_tokens, joint_step_ms(&full), 0.0, 0.0));
         } else {
-            std::printf("%9.0f  %-11s %9lld %12s %14s %11s %9s\n", seconds, "full",
-                        static_cast<long long>(full_tokens), "skipped", "(--full-max-seconds)", "-", "-");
+            std::printf("%9.0f  %-12s %9lld %10s (--full-max-seconds)\n", seconds, "full-joint",
+                        static_cast<long long>(full_tokens), "skipped");
         }
-        std::fflush(stdout);
+        if (seconds <= a.full_cached_max_seconds) {
+            // Every uncompressed token's keys/values kept (what caching alone buys without compression).
+            ContextKV full;
+            full.positions = full_positions;
+            const int64_t heads = c.dit.num_heads, hd = c.dit.head_dim();
+            for (int64_t l = 0; l < c.dit.num_layers; ++l)
+                full.layers.push_back(
+                    {torch::randn({1, full_tokens, heads, hd}), torch::randn({1, full_tokens, heads, hd})});
+            t0 = std::chrono::steady_clock::now();
+            ContextAttention fc = attend_context(*dit, full, 0.0);
+            prep = ms_since(t0);
+            series.emplace_back(seconds, "full-cached",
+                                row(seconds, "full-cached", full_tokens, step_ms(fc), prep, 0.0));
+        } else {
+            std::printf("%9.0f  %-12s %9lld %10s (--full-cached-max-seconds)\n", seconds, "full-cached",
+                        static_cast<long long>(full_tokens), "skipped");
+        }
     }
-    std::printf("\npeak RSS %.0f MB\n", rss_mb("VmHWM:"));
+    std::printf("\nmemory keys/values held at the end: %.1f MB for %lld tokens\n", memory.bytes() / 1048576.0,
+                static_cast<long long>(memory.length()));
+    std::printf("\npeak RSS %.0f MB\n", peak_resident_mb());
     // The figure the issue asks for: compressed-memory section latency at 60 s against 5 s.
     double at5 = 0, at60 = 0;
     for (const auto& [sec, mode, ms] : series) {
@@ -175,7 +233,7 @@ void bench_memory(const MemoryBenchArgs& a) {
             at60 = ms;
     }
     if (at5 > 0 && at60 > 0)
-        std::printf("compressed memory: section latency at 60 s is %.0f%% of that at 5 s\n",
+        std::printf("compressed memory: section latency at 60 s is %.1f%% of that at 5 s\n",
                     100.0 * at60 / at5);
 }
 
@@ -200,6 +258,9 @@ void add_bench_memory_command(CLI::App& bench) {
         ->capture_default_str()
         ->check(CLI::Range(int64_t(1), int64_t(256)));
     cmd->add_option("--full-max-seconds", args->full_max_seconds, "Longest history run for the full baseline")
+        ->capture_default_str();
+    cmd->add_option("--full-cached-max-seconds", args->full_cached_max_seconds,
+                    "Longest history run for the cached full baseline")
         ->capture_default_str();
     cmd->add_option("--repeats", args->repeats, "Timed steps per point (median)")
         ->capture_default_str()

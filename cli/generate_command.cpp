@@ -4,8 +4,12 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/process_memory.h"
 #include "cli/progress_bar.h"
 #include "model/ar_session.h"
 #include "model/checkpoint.h"
@@ -40,6 +44,8 @@ struct GenerateArgs {
     std::string memory_rates = "4x4x2";
     std::string memory_variant = "proposed";
     std::string memory_weights;
+    bool memory_cross_attention = false;
+    std::string stats;  // JSONL of per-section figures
     int64_t window = 0;
     int64_t section_frames = 4;
     double horizon = 0;
@@ -123,6 +129,7 @@ void run_storyboard(const GenerateArgs& a) {
         MemoryEncoderConfig mc;
         mc.set_rates(parse_rates(r));
         mc.variant = a.memory_variant;
+        mc.cross_attn_features = a.memory_cross_attention;
         mc.validate("--memory-rates " + r);
         memory_configs.push_back(mc);
     }
@@ -173,9 +180,28 @@ void run_storyboard(const GenerateArgs& a) {
         "generating {:.1f} s ({} sections of {} latent frames) at {}x{} {} fps with {}, memory {}, window {}",
         seconds, sections, st.section_frames, width, height, st.fps, config.name, memory_desc, st.window);
     ProgressBar bar("sections", sections, "section");
+    std::ofstream stats;
+    if (!a.stats.empty()) {
+        stats.open(a.stats);
+        if (!stats)
+            throw std::invalid_argument("--stats " + a.stats + ": cannot open for writing");
+    }
     double sample_ms = 0, decode_ms = 0, memory_ms = 0;
     for (int64_t i = 0; i < sections; ++i) {
         const SectionResult r = session.next_section();
+        if (stats.is_open()) {
+            nlohmann::json line = {{"section", r.index},
+                                   {"start_seconds", r.start_seconds},
+                                   {"prompt", r.prompt},
+                                   {"context_tokens", r.context_tokens},
+                                   {"memory_tokens", r.memory_tokens},
+                                   {"sample_ms", r.sample_ms},
+                                   {"decode_ms", r.decode_ms},
+                                   {"memory_ms", r.memory_ms},
+                                   {"state_bytes", session.state_bytes()},
+                                   {"rss_mb", resident_mb()}};
+            stats << line.dump() << '\n' << std::flush;
+        }
         write_frames(*writer, r.frames);
         sample_ms += r.sample_ms;
         decode_ms += r.decode_ms;
@@ -257,6 +283,11 @@ void add_generate_command(CLI::App& app) {
         ->capture_default_str()
         ->check(CLI::IsMember({"proposed", "only_lr", "without_lr", "large_patchifier"}));
     cmd->add_option("--memory-weights", args->memory_weights, "Memory encoder weights (.safetensors)");
+    cmd->add_flag("--memory-cross-attention", args->memory_cross_attention,
+                  "Cross-attention enhancement: memory features into an extra cross-attention per DiT block");
+    cmd->add_option(
+        "--stats", args->stats,
+        "Write per-section figures (latency, context and memory tokens, state bytes, RSS) as JSONL");
     cmd->add_option("--window", args->window, "Latent frames of recent history given uncompressed")
         ->check(CLI::Range(int64_t(0), int64_t(256)));
     cmd->add_option("--section-frames", args->section_frames, "Latent frames per section (a multiple of rt)")

@@ -20,6 +20,22 @@ int64_t bytes_of(const torch::Tensor& t) {
 
 constexpr size_t kTextCacheEntries = 16;
 
+// Memory tokens as context at absolute times (latent frames from the stream start), each group available
+// from the end of its frames.
+ContextTokens memory_tokens_context(const MemoryTokens& m, const MemoryRates& rates) {
+    ContextTokens c;
+    if (m.groups() == 0)
+        return c;
+    const auto grid = m.grid();
+    c.tokens = m.flat();
+    c.positions = memory_positions(grid, rates, 0.0, m.first_group);
+    c.available = (torch::arange(grid[0], torch::kFloat64) + double(m.first_group + 1))
+                      .mul(double(rates.rt))
+                      .repeat_interleave(grid[1] * grid[2]);
+    return c;
+}
+
+
 }  // namespace
 
 ARSession::ARSession(VideoModel& model,
@@ -58,14 +74,11 @@ ARSession::ARSession(VideoModel& model,
         if (memories_.empty())
             throw std::invalid_argument("use_memory is set but no memory encoder was given");
     }
-    // Sections must end on a group boundary of every encoder so that memory appends align.
-    int64_t rt = 1;
-    for (const auto& m : memories_)
-        rt = std::lcm(rt, m.encoder->config().rt);
-    if (settings_.section_frames < 1 || settings_.section_frames % rt != 0)
-        throw std::invalid_argument("section_frames (" + std::to_string(settings_.section_frames) +
-                                    ") must be a positive multiple of the memory's rt (" +
-                                    std::to_string(rt) + ")");
+    // Sections need not end on a memory group boundary: a group still incomplete at a section's start enters
+    // that section's context provisionally (encode_partial) and the memory for good once it completes.
+    if (settings_.section_frames < 1)
+        throw std::invalid_argument("section_frames must be >= 1, got " +
+                                    std::to_string(settings_.section_frames));
     if (settings_.window < 0)
         throw std::invalid_argument("window must be >= 0");
     GenerateRequest probe;
@@ -113,14 +126,28 @@ ContextAttention ARSession::context_for(int64_t first_latent) {
         for (size_t l = 0; l < cross.size(); ++l)
             cross[l] = [a = cross[l], b = fns[l]](const torch::Tensor& x) { return a(x) + b(x); };
     }
+    // Per-section context, encoded now against the memory: the provisional tokens of groups not yet complete
+    // (their frames are generated but the group is not), and the window.
+    std::vector<ContextTokens> fresh;
+    for (auto& m : memories_) {
+        if (!m.state.started())
+            continue;
+        ContextTokens partial =
+            memory_tokens_context(m.encoder->encode_partial(m.state), m.encoder->config().rates());
+        if (partial.length() > 0) {
+            partial.available = torch::full({partial.length()}, now, torch::kFloat64);
+            fresh.push_back(std::move(partial));
+        }
+    }
+    if (window_.defined() && window_.size(2) > 0)
+        fresh.push_back(latent_context(model_.dit(), window_, now - static_cast<double>(window_.size(2))));
     ContextAttention out;
-    if (window_.defined() && window_.size(2) > 0) {
-        // The window changes every section: its tokens are encoded now, attending to the memory.
-        const torch::Tensor text = text_embedding(window_prompt_);
-        ContextTokens win = latent_context(model_.dit(), window_, now - static_cast<double>(window_.size(2)));
+    if (!fresh.empty()) {
+        const torch::Tensor text = text_embedding(last_prompt_);
         ContextKV all = memory_kv_;
         all.append(encode_context(
-            model_.dit(), memory_kv_, win, [&](double) { return text; }, settings_.horizon));
+            model_.dit(), memory_kv_, concat_context(fresh), [&](double) { return text; },
+            settings_.horizon));
         out = attend_context(model_.dit(), all, now, settings_.horizon);
     } else {
         out = attend_context(model_.dit(), memory_kv_, now, settings_.horizon);
@@ -137,19 +164,12 @@ void ARSession::append_memory(const std::vector<MemoryTokens>& fresh, const torc
         if (f.groups() == 0)
             continue;
         const auto grid = f.grid();
-        const int64_t rt = m.encoder->config().rt;
         m.tokens = m.tokens.defined() ? torch::cat({m.tokens, f.flat()}, 1) : f.flat();
         if (f.features.defined())
             m.features =
                 m.features.defined() ? torch::cat({m.features, f.flat_features()}, 1) : f.flat_features();
         m.grid = {m.grid[0] + grid[0], grid[1], grid[2]};
-        ContextTokens c;
-        c.tokens = f.flat();
-        c.positions = memory_positions(grid, m.encoder->config().rates(), 0.0, f.first_group);
-        // A group exists once its last latent frame does.
-        c.available = (torch::arange(grid[0], torch::kFloat64) + double(f.first_group + 1))
-                          .mul(double(rt))
-                          .repeat_interleave(grid[1] * grid[2]);
+        ContextTokens c = memory_tokens_context(f, m.encoder->config().rates());
         parts.push_back(std::move(c));
     }
     const ContextTokens all = concat_context(parts);
@@ -206,11 +226,11 @@ SectionResult ARSession::next_section(const std::function<void(int64_t, int64_t)
         fresh.push_back(m.encoder->encode_append(m.state, in));
     }
     append_memory(fresh, s.text_cond);
+    last_prompt_ = r.prompt;
     if (settings_.window > 0) {
         window_ = window_.defined() ? torch::cat({window_, latents}, 2) : latents;
         if (window_.size(2) > settings_.window)
             window_ = window_.slice(2, window_.size(2) - settings_.window).clone();
-        window_prompt_ = r.prompt;
     }
     r.memory_ms = ms_since(t0);
 

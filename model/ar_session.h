@@ -37,7 +37,7 @@ namespace memoreel {
 struct SessionSettings {
     bool use_memory = true;      // false: no compressed memory (baselines: window only, or no history)
     int64_t window = 0;          // latent frames of recent history given uncompressed
-    int64_t section_frames = 4;  // latent frames per section (a multiple of the memory's rt)
+    int64_t section_frames = 4;  // latent frames per section (any; memory groups may straddle sections)
     double horizon = 0;          // latent frames; 0 = unlimited
     int64_t width = 0;           // pixels (0: the model config's)
     int64_t height = 0;
@@ -117,7 +117,7 @@ class ARSession {
     VaeDecoderState decoder_;
     ContextKV memory_kv_;                              // every memory token's keys/values in the DiT
     torch::Tensor window_;                             // [1, C, <= w, h, w]
-    std::string window_prompt_;                        // the prompt of the window's latest frames
+    std::string last_prompt_;                          // the previous section's (per-section context's text)
     std::map<std::string, torch::Tensor> text_cache_;  // prompt -> DiT text embedding (a few entries)
 };
 

@@ -60,20 +60,36 @@ torch::Tensor attention_reference(const torch::Tensor& q,
     const int64_t b = q.size(0), lq = q.size(1), heads = q.size(2), d = q.size(3), lk = k.size(1);
     const auto keep = key_mask(key_lens, b, lk, q.device());
     // fp32 throughout: bf16 scores would lose the precision softmax needs, and this path is CPU-sized anyway.
-    const auto qf = q.to(torch::kFloat).transpose(1, 2);        // [B, H, Lq, D]
-    const auto kt = k.to(torch::kFloat).permute({0, 2, 3, 1});  // [B, H, D, Lk]
-    const auto vf = v.to(torch::kFloat).transpose(1, 2);        // [B, H, Lk, D]
+    // One (sample, head) pair and a block of queries at a time, into two score buffers allocated once: each
+    // block is a plain 2-D matmul of a good size, and buffers of a bounded size are reused by the allocator
+    // instead of being faulted in afresh for every block (which cost as much as the matmuls).
     const double scale = 1.0 / std::sqrt(static_cast<double>(d));
-    const int64_t row_bytes = std::max<int64_t>(1, b * heads * lk * static_cast<int64_t>(sizeof(float)));
+    const auto qf = q.to(torch::kFloat).mul(scale).transpose(1, 2).contiguous();  // [B, H, Lq, D]
+    const auto kt = k.to(torch::kFloat).permute({0, 2, 3, 1}).contiguous();       // [B, H, D, Lk]
+    const auto vf = v.to(torch::kFloat).transpose(1, 2).contiguous();             // [B, H, Lk, D]
+    const int64_t row_bytes = std::max<int64_t>(1, lk * static_cast<int64_t>(sizeof(float)));
     const int64_t chunk = std::clamp<int64_t>(max_score_bytes / row_bytes, 1, std::max<int64_t>(lq, 1));
 
     auto out = torch::empty({b, heads, lq, d}, qf.options());
-    for (int64_t start = 0; start < lq; start += chunk) {
-        const int64_t n = std::min(chunk, lq - start);
-        auto scores = torch::matmul(qf.narrow(2, start, n), kt).mul_(scale);  // [B, H, n, Lk]
-        if (keep.defined())
-            scores.masked_fill_(keep.logical_not(), -std::numeric_limits<float>::infinity());
-        out.narrow(2, start, n).copy_(torch::matmul(torch::softmax(scores, -1), vf));
+    auto scores = torch::empty({chunk, lk}, qf.options());
+    auto probs = torch::empty({chunk, lk}, qf.options());
+    for (int64_t bi = 0; bi < b; ++bi) {
+        const auto masked = keep.defined() ? keep[bi].view({lk}).logical_not() : torch::Tensor();
+        for (int64_t hi = 0; hi < heads; ++hi) {
+            const auto qh = qf[bi][hi], kh = kt[bi][hi], vh = vf[bi][hi];
+            auto oh = out[bi][hi];
+            for (int64_t start = 0; start < lq; start += chunk) {
+                const int64_t n = std::min(chunk, lq - start);
+                auto s = scores.narrow(0, 0, n);
+                auto p = probs.narrow(0, 0, n);
+                torch::mm_out(s, qh.narrow(0, start, n), kh);
+                if (masked.defined())
+                    s.masked_fill_(masked, -std::numeric_limits<float>::infinity());
+                at::_softmax_out(p, s, -1, false);
+                auto o = oh.narrow(0, start, n);
+                torch::mm_out(o, p, vh);
+            }
+        }
     }
     return out.transpose(1, 2).to(q.scalar_type());
 }

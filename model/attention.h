@@ -19,12 +19,12 @@ torch::Tensor attention(const torch::Tensor& q,
                         const torch::Tensor& key_lens = {});
 
 // The manual path, callable on any LibTorch version (tests compare it with the SDPA path on 2.x).
-// max_score_bytes bounds the fp32 score block [B, heads, q_chunk, Lk] processed at once.
+// max_score_bytes bounds the fp32 score block [q_chunk, Lk] of one sample and head processed at once.
 torch::Tensor attention_reference(const torch::Tensor& q,
                                   const torch::Tensor& k,
                                   const torch::Tensor& v,
                                   const torch::Tensor& key_lens = {},
-                                  int64_t max_score_bytes = int64_t(256) << 20);
+                                  int64_t max_score_bytes = int64_t(16) << 20);
 
 // True when attention() uses at::scaled_dot_product_attention (LibTorch >= 2.0).
 bool attention_uses_sdpa();

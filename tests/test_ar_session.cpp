@@ -96,6 +96,20 @@ TEST_SUITE("ar_session") {
         // 3 sections of 2 latent frames = 3 groups at rt 2; a 64x64 video is 8x8 latents, 1x1 memory token at
         // 4x4.
         CHECK(session.memory_tokens() == 3);
+        // The memory's keys/values in the DiT, appended section by section, equal encoding the whole memory
+        // at once (one prompt, so one text).
+        const auto text = f.model.embed_text("a red fox");
+        ContextTokens ctx;
+        ctx.tokens = full.flat();
+        ctx.positions = memory_positions(full.grid(), memory_config().rates(), 0.0);
+        ctx.available = torch::tensor({2.0, 4.0, 6.0}, torch::kFloat64);
+        const ContextKV whole = encode_context(f.model.dit(), {}, ctx, [&](double) { return text; });
+        REQUIRE(session.memory_kv().length() == 3);
+        CHECK_CLOSE(session.memory_kv().positions, whole.positions, 0.0);
+        for (size_t l = 0; l < whole.layers.size(); ++l) {
+            CHECK_CLOSE(session.memory_kv().layers[l].k, whole.layers[l].k, 1e-5);
+            CHECK_CLOSE(session.memory_kv().layers[l].v, whole.layers[l].v, 1e-5);
+        }
     }
 
     TEST_CASE("only the compressed memory grows; the window and the decoder state stay fixed") {
@@ -145,8 +159,9 @@ TEST_SUITE("ar_session") {
         ARSession free(f.model, f.encoder, Storyboard({{0, "a red fox"}}), settings);
         for (int i = 0; i < 4; ++i)
             free.next_section();
-        CHECK(context_rope_positions(free.memory_kv().positions, 8.0, 0.0).select(1, 0).min().item<double>() ==
-              doctest::Approx(-7.5));
+        CHECK(
+            context_rope_positions(free.memory_kv().positions, 8.0, 0.0).select(1, 0).min().item<double>() ==
+            doctest::Approx(-7.5));
         // Keys are stored before RoPE with absolute times: the newest group is centred at latent frame 6.5.
         CHECK(free.memory_kv().positions.select(1, 0).max().item<double>() == doctest::Approx(6.5));
     }
@@ -154,10 +169,27 @@ TEST_SUITE("ar_session") {
     TEST_CASE("bad settings are refused") {
         Fixture f;
         auto s = f.settings();
-        s.section_frames = 3;  // not a multiple of rt = 2
+        s.section_frames = 0;
         CHECK_THROWS_WITH_AS(ARSession(f.model, f.encoder, Storyboard({{0, "x"}}), s),
-                             doctest::Contains("rt"), std::invalid_argument);
+                             doctest::Contains("section_frames"), std::invalid_argument);
         CHECK_THROWS_AS(ARSession(f.model, f.encoder, Storyboard(), f.settings()), std::invalid_argument);
+    }
+
+    TEST_CASE("sections that end inside a memory group: the incomplete group is provisional context") {
+        Fixture f;
+        auto s = f.settings();
+        s.section_frames = 3;  // rt = 2
+        ARSession session(f.model, f.encoder, Storyboard({{0, "a red fox"}}), s);
+        const auto r0 = session.next_section();
+        CHECK(r0.context_tokens == 0);
+        CHECK(session.memory_tokens() == 1);  // frames 0-1; frame 2 waits for its group
+        const auto r1 = session.next_section();
+        CHECK(r1.context_tokens == 2);  // the completed group and the provisional one
+        CHECK(session.memory_tokens() == 3);
+        const auto r2 = session.next_section();
+        CHECK(r2.context_tokens == 3);  // on a group boundary: nothing provisional
+        CHECK(session.memory_tokens() == 4);
+        CHECK(session.memory_kv().length() == 4);
     }
 
     TEST_CASE("several encoders at once: tokens concatenated, each equal to its own whole-history encoding") {
@@ -190,9 +222,5 @@ TEST_SUITE("ar_session") {
         CHECK(tb.size(1) == 2);
         CHECK_CLOSE(session.memory(), torch::cat({ta, tb}, 1), 1e-5);
         CHECK(session.context_for(8).length() == 34);
-        settings.section_frames = 2;  // not a multiple of 4
-        CHECK_THROWS_AS(
-            ARSession(f.model, std::vector<MemoryEncoder>{a, b}, Storyboard({{0, "x"}}), settings),
-            std::invalid_argument);
     }
 }
