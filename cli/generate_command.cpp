@@ -41,7 +41,7 @@ struct GenerateArgs {
     std::string storyboard;
     double seconds = 0;
     bool no_memory = false;
-    std::string memory_rates = "4x4x2";
+    std::string memory_rates;  // empty: the model config's memory rates
     std::string memory_variant = "proposed";
     std::string memory_weights;
     bool memory_cross_attention = false;
@@ -120,7 +120,8 @@ void run_storyboard(const GenerateArgs& a) {
     st.use_memory = !a.no_memory;
     // Several encoders at once: "4x4x2,2x2x8" (their tokens are concatenated); weights likewise
     // comma-separated.
-    const std::vector<std::string> rates = split_commas(a.memory_rates);
+    const std::vector<std::string> rates =
+        split_commas(a.memory_rates.empty() ? config.memory_rates : a.memory_rates);
     const std::vector<std::string> weights = split_commas(a.memory_weights);
     if (!weights.empty() && weights.size() != rates.size())
         throw std::invalid_argument("--memory-weights needs one file per --memory-rates entry");
@@ -276,7 +277,7 @@ void add_generate_command(CLI::App& app) {
         ->check(CLI::Range(0.0, 86400.0));
     cmd->add_flag("--no-memory", args->no_memory, "Storyboard generation without the compressed memory");
     cmd->add_option("--memory-rates", args->memory_rates,
-                    "Memory rates rh x rw x rt; several encoders: 4x4x2,2x2x8")
+                    "Memory rates rh x rw x rt; several encoders: 4x4x2,2x2x8 (default: the model config's)")
         ->capture_default_str();
     cmd->add_option("--memory-variant", args->memory_variant,
                     "proposed, only_lr, without_lr or large_patchifier")

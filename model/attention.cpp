@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 namespace memoreel {
 
@@ -64,6 +65,23 @@ torch::Tensor attention_reference(const torch::Tensor& q,
     // block is a plain 2-D matmul of a good size, and buffers of a bounded size are reused by the allocator
     // instead of being faulted in afresh for every block (which cost as much as the matmuls).
     const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+    if (torch::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad())) {
+        // Training: out= kernels do not record gradients, so whole-batch blocks of queries through autograd.
+        const auto qf = q.to(torch::kFloat).transpose(1, 2);        // [B, H, Lq, D]
+        const auto kt = k.to(torch::kFloat).permute({0, 2, 3, 1});  // [B, H, D, Lk]
+        const auto vf = v.to(torch::kFloat).transpose(1, 2);        // [B, H, Lk, D]
+        const int64_t row = std::max<int64_t>(1, b * heads * lk * static_cast<int64_t>(sizeof(float)));
+        const int64_t chunk = std::clamp<int64_t>(max_score_bytes / row, 1, std::max<int64_t>(lq, 1));
+        std::vector<torch::Tensor> parts;
+        for (int64_t start = 0; start < lq; start += chunk) {
+            const int64_t n = std::min(chunk, lq - start);
+            auto scores = torch::matmul(qf.narrow(2, start, n), kt).mul(scale);  // [B, H, n, Lk]
+            if (keep.defined())
+                scores = scores.masked_fill(keep.logical_not(), -std::numeric_limits<float>::infinity());
+            parts.push_back(torch::matmul(torch::softmax(scores, -1), vf));
+        }
+        return torch::cat(parts, 2).transpose(1, 2).to(q.scalar_type());
+    }
     const auto qf = q.to(torch::kFloat).mul(scale).transpose(1, 2).contiguous();  // [B, H, Lq, D]
     const auto kt = k.to(torch::kFloat).permute({0, 2, 3, 1}).contiguous();       // [B, H, D, Lk]
     const auto vf = v.to(torch::kFloat).transpose(1, 2).contiguous();             // [B, H, Lk, D]

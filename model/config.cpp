@@ -1,5 +1,8 @@
 #include "model/config.h"
 
+#include <cstdio>
+#include <sstream>
+
 #include <set>
 
 #include "model/json_util.h"
@@ -367,7 +370,7 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& w
     f.get("name", c.name);
     if (c.name.empty())
         f.fail("name", "is required");
-    f.accept({"dit", "vae", "text_encoder", "sampler", "weights", "video", "description"});
+    f.accept({"dit", "vae", "text_encoder", "sampler", "weights", "video", "memory", "description"});
     if (!j.contains("dit"))
         f.fail("dit", "is required");
     c.dit = WanDiTConfig::from_json(j["dit"], where);
@@ -396,6 +399,24 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& w
         w.get("allow_random", c.allow_random_weights);
         w.reject_unknown();
     }
+    if (j.contains("memory")) {
+        Fields m(j["memory"], where, "memory");
+        m.get("rates", c.memory_rates);
+        m.reject_unknown();
+        // Each entry "AxBxC" with A, B, C in {1, 2, 4, 8} (the encoder's own validation says the same).
+        std::string entry;
+        std::stringstream all(c.memory_rates);
+        while (std::getline(all, entry, ',')) {
+            int a = 0, b = 0, t = 0;
+            char x1 = 0, x2 = 0, extra = 0;
+            const bool ok =
+                std::sscanf(entry.c_str(), " %d %c %d %c %d %c", &a, &x1, &b, &x2, &t, &extra) == 5 &&
+                x1 == 'x' && x2 == 'x';
+            const auto rate = [](int r) { return r == 1 || r == 2 || r == 4 || r == 8; };
+            if (!ok || !rate(a) || !rate(b) || !rate(t))
+                m.fail("rates", "'" + entry + "' is not rh x rw x rt with each 1, 2, 4 or 8");
+        }
+    }
     f.reject_unknown();
     c.validate();
     return c;
@@ -413,7 +434,8 @@ nlohmann::json ModelConfig::to_json() const {
               {"vae", vae_weights},
               {"text_encoder", text_encoder_weights},
               {"tokenizer", tokenizer},
-              {"allow_random", allow_random_weights}}}};
+              {"allow_random", allow_random_weights}}},
+            {"memory", {{"rates", memory_rates}}}};
 }
 
 void ModelConfig::validate() const {

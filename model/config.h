@@ -118,6 +118,11 @@ struct ModelConfig {
     std::string text_encoder_weights;
     std::string tokenizer;  // SentencePiece model file
     bool allow_random_weights = false;
+    // The memory this model's sessions use by default ("memory": {"rates"}): rates "rh x rw x rt", several
+    // encoders comma-separated. Chosen per model: a memory key costs a section 2*dim multiply-adds per query
+    // and layer whatever the width, a section token ~12*dim^2, so a narrow model needs a coarser memory to
+    // keep its section latency flat (see README, bench memory).
+    std::string memory_rates = "4x4x2";
 
     static ModelConfig load(const std::string& path);
     static ModelConfig from_json(const nlohmann::json& j, const std::string& where);
