@@ -291,7 +291,8 @@ void add_generate_command(CLI::App& app) {
         "Write per-section figures (latency, context and memory tokens, state bytes, RSS) as JSONL");
     cmd->add_option("--window", args->window, "Latent frames of recent history given uncompressed")
         ->check(CLI::Range(int64_t(0), int64_t(256)));
-    cmd->add_option("--section-frames", args->section_frames, "Latent frames per section (a multiple of rt)")
+    cmd->add_option("--section-frames", args->section_frames,
+                    "Latent frames per section (memory groups may straddle sections)")
         ->capture_default_str()
         ->check(CLI::Range(int64_t(1), int64_t(64)));
     cmd->add_option(

@@ -35,7 +35,6 @@ ContextTokens memory_tokens_context(const MemoryTokens& m, const MemoryRates& ra
     return c;
 }
 
-
 }  // namespace
 
 ARSession::ARSession(VideoModel& model,
@@ -79,6 +78,9 @@ ARSession::ARSession(VideoModel& model,
     if (settings_.section_frames < 1)
         throw std::invalid_argument("section_frames must be >= 1, got " +
                                     std::to_string(settings_.section_frames));
+    if (settings_.horizon < 0 || (settings_.horizon > 0 && settings_.horizon <= settings_.window))
+        throw std::invalid_argument("horizon must be 0 (none) or longer than the window (" +
+                                    std::to_string(settings_.window) + " latent frames)");
     if (settings_.window < 0)
         throw std::invalid_argument("window must be >= 0");
     GenerateRequest probe;
@@ -112,7 +114,11 @@ torch::Tensor ARSession::text_embedding(const std::string& prompt) {
 }
 
 ContextAttention ARSession::context_for(int64_t first_latent) {
+    torch::InferenceMode guard;
     const double now = static_cast<double>(first_latent);
+    // The window (and the newest memory beside it) keeps exact times; older history is rescaled into the
+    // horizon.
+    const TimeHorizon horizon(settings_.horizon, static_cast<double>(settings_.window));
     std::vector<std::function<torch::Tensor(const torch::Tensor&)>> cross;
     for (auto& m : memories_) {
         const auto fns = m.encoder->cross_attention(m.features);
@@ -136,6 +142,11 @@ ContextAttention ARSession::context_for(int64_t first_latent) {
             memory_tokens_context(m.encoder->encode_partial(m.state), m.encoder->config().rates());
         if (partial.length() > 0) {
             partial.available = torch::full({partial.length()}, now, torch::kFloat64);
+            // Provisional: centred on the frames that exist so far, never in the section's future.
+            const int64_t rt = m.encoder->config().rt;
+            const int64_t start = (first_latent / rt) * rt;
+            partial.positions.select(1, 0).fill_(static_cast<double>(start) +
+                                                 static_cast<double>(first_latent - start - 1) / 2.0);
             fresh.push_back(std::move(partial));
         }
     }
@@ -146,11 +157,10 @@ ContextAttention ARSession::context_for(int64_t first_latent) {
         const torch::Tensor text = text_embedding(last_prompt_);
         ContextKV all = memory_kv_;
         all.append(encode_context(
-            model_.dit(), memory_kv_, concat_context(fresh), [&](double) { return text; },
-            settings_.horizon));
-        out = attend_context(model_.dit(), all, now, settings_.horizon);
+            model_.dit(), memory_kv_, concat_context(fresh), [&](double) { return text; }, horizon));
+        out = attend_context(model_.dit(), all, now, horizon);
     } else {
-        out = attend_context(model_.dit(), memory_kv_, now, settings_.horizon);
+        out = attend_context(model_.dit(), memory_kv_, now, horizon);
     }
     out.cross = std::move(cross);
     return out;
@@ -176,7 +186,8 @@ void ARSession::append_memory(const std::vector<MemoryTokens>& fresh, const torc
     if (all.length() == 0)
         return;
     memory_kv_.append(encode_context(
-        model_.dit(), memory_kv_, all, [&](double) { return text; }, settings_.horizon));
+        model_.dit(), memory_kv_, all, [&](double) { return text; },
+        TimeHorizon(settings_.horizon, static_cast<double>(settings_.window))));
 }
 
 SectionResult ARSession::next_section(const std::function<void(int64_t, int64_t)>& on_step) {

@@ -65,13 +65,16 @@ torch::Tensor attention_reference(const torch::Tensor& q,
     // block is a plain 2-D matmul of a good size, and buffers of a bounded size are reused by the allocator
     // instead of being faulted in afresh for every block (which cost as much as the matmuls).
     const double scale = 1.0 / std::sqrt(static_cast<double>(d));
-    if (torch::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad())) {
-        // Training: out= kernels do not record gradients, so whole-batch blocks of queries through autograd.
+    if (q.is_cuda() ||
+        (torch::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad()))) {
+        // Training (out= kernels do not record gradients) and GPUs (where one large batched kernel beats many
+        // small ones): whole-batch blocks of queries, with a budget 16x the per-head one since the block
+        // spans every sample and head.
         const auto qf = q.to(torch::kFloat).transpose(1, 2);        // [B, H, Lq, D]
         const auto kt = k.to(torch::kFloat).permute({0, 2, 3, 1});  // [B, H, D, Lk]
         const auto vf = v.to(torch::kFloat).transpose(1, 2);        // [B, H, Lk, D]
         const int64_t row = std::max<int64_t>(1, b * heads * lk * static_cast<int64_t>(sizeof(float)));
-        const int64_t chunk = std::clamp<int64_t>(max_score_bytes / row, 1, std::max<int64_t>(lq, 1));
+        const int64_t chunk = std::clamp<int64_t>(16 * max_score_bytes / row, 1, std::max<int64_t>(lq, 1));
         std::vector<torch::Tensor> parts;
         for (int64_t start = 0; start < lq; start += chunk) {
             const int64_t n = std::min(chunk, lq - start);

@@ -60,15 +60,20 @@ ContextKV ContextKV::slice(int64_t begin, int64_t end) const {
     return out;
 }
 
-torch::Tensor context_rope_positions(const torch::Tensor& positions, double now, double horizon) {
+torch::Tensor context_rope_positions(const torch::Tensor& positions, double now, const TimeHorizon& horizon) {
     auto rel = positions.to(torch::kCPU, torch::kFloat64).clone();
     if (rel.size(0) == 0)
         return rel;
     auto t = rel.select(1, 0);
     t.sub_(now);
     const double oldest = -t.min().item<double>();
-    if (horizon > 0 && oldest > horizon)
-        t.mul_(horizon / oldest);
+    const double h = horizon.horizon, e = std::max(0.0, horizon.exact);
+    TORCH_CHECK(h <= 0 || h > e, "context horizon (", h, ") must exceed the span kept exact (", e, ")");
+    if (h > 0 && oldest > h) {
+        // t < -e: -e + (t + e) * (h - e) / (oldest - e); newer times unchanged.
+        const auto older = t < -e;
+        t.copy_(torch::where(older, (t + e) * ((h - e) / (oldest - e)) - e, t));
+    }
     return rel;
 }
 
@@ -76,7 +81,7 @@ ContextKV encode_context(WanDiTImpl& dit,
                          const ContextKV& past,
                          const ContextTokens& fresh,
                          const ContextText& text_at,
-                         double horizon) {
+                         const TimeHorizon& horizon) {
     ContextKV out;
     const int64_t n = fresh.length();
     if (n == 0)
@@ -148,23 +153,28 @@ ContextKV encode_context(WanDiTImpl& dit,
             // records them on the way) since it is cheap next to the attention.
             x = dit.block(l).forward(x, e0, text, rope_self, {}, nullptr, &bc);
         }
+        out.append(group);
+        if (g == groups.back())
+            break;  // nothing attends to `done` after the last group
         if (batch != 1 && done.length() > 0 && done.layers[0].k.size(0) == 1) {
             for (auto& layer : done.layers)
                 layer = {layer.k.expand({batch, -1, -1, -1}), layer.v.expand({batch, -1, -1, -1})};
         }
         done.append(group);
-        out.append(group);
     }
     return out;
 }
 
-ContextAttention attend_context(WanDiTImpl& dit, const ContextKV& context, double now, double horizon) {
+ContextAttention attend_context(WanDiTImpl& dit,
+                                const ContextKV& context,
+                                double now,
+                                const TimeHorizon& horizon) {
     ContextAttention out;
     if (context.length() == 0)
         return out;
     const auto device = context.layers.at(0).k.device();
-    const auto rope = rope_cos_sin(context_rope_positions(context.positions, now, horizon).to(device),
-                                   dit.config().head_dim());
+    out.positions = context_rope_positions(context.positions, now, horizon);
+    const auto rope = rope_cos_sin(out.positions.to(device), dit.config().head_dim());
     out.layers = rotate(context, rope, dit.compute_dtype());
     return out;
 }

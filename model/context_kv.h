@@ -28,10 +28,10 @@
 
 namespace memoreel {
 
-// Per-block keys (before RoPE, fp32) and values (the DiT's compute dtype) of clean context tokens, with
+// Per-block keys (before RoPE) and values, in the DiT's compute dtype, of clean context tokens, with
 // their absolute positions. Batch 1 is broadcast over any section batch.
 struct ContextKV {
-    std::vector<AttentionKV> layers;  // one per DiT block, [B, L, heads, head_dim]
+    std::vector<AttentionKV> layers;  // one per DiT block, [B, L, heads, head_dim], the compute dtype
     torch::Tensor positions;          // [L, 3] float64 (t, h, w), absolute times
 
     int64_t length() const { return positions.defined() ? positions.size(0) : 0; }
@@ -45,9 +45,19 @@ struct ContextKV {
 // The text embedding [B or 1, text_len, dim] context made at time `available` cross-attends to.
 using ContextText = std::function<torch::Tensor(double available)>;
 
-// RoPE positions [L, 3] of context relative to `now`: t - now, rescaled into [-horizon, 0) when the oldest
-// is further back than horizon > 0 (latent frames); h and w unchanged.
-torch::Tensor context_rope_positions(const torch::Tensor& positions, double now, double horizon);
+// How context times are mapped for RoPE beyond the trained horizon (latent frames). Times within `exact` of
+// now (the sliding window, the newest memory) keep their values; when the oldest token is further back than
+// horizon > exact, the older times are rescaled linearly from [-oldest, -exact] onto [-horizon, -exact], so
+// order is kept and the DiT never sees offsets beyond the horizon. horizon 0: no limit.
+struct TimeHorizon {
+    TimeHorizon(double horizon_frames = 0, double exact_frames = 0)
+        : horizon(horizon_frames), exact(exact_frames) {}
+    double horizon;
+    double exact;
+};
+
+// RoPE positions [L, 3] of context relative to `now` (t - now, mapped by the horizon); h and w unchanged.
+torch::Tensor context_rope_positions(const torch::Tensor& positions, double now, const TimeHorizon& horizon);
 
 // Runs fresh clean tokens (tokens [B, n, dim], positions [n, 3] in past's coordinates, optional `available`
 // [n]) through the DiT's blocks and returns their keys/values. The tokens are taken in groups of equal
@@ -59,7 +69,7 @@ ContextKV encode_context(WanDiTImpl& dit,
                          const ContextKV& past,
                          const ContextTokens& fresh,
                          const ContextText& text_at,
-                         double horizon = 0);
+                         const TimeHorizon& horizon = {});
 
 // Context as a section starting at time `now` sees it: keys rotated to positions relative to now, in the
 // compute dtype, ready to be attended to by every sampling step. cross: optional per-block extra
@@ -67,10 +77,14 @@ ContextKV encode_context(WanDiTImpl& dit,
 struct ContextAttention {
     std::vector<AttentionKV> layers;
     std::vector<std::function<torch::Tensor(const torch::Tensor&)>> cross;
+    torch::Tensor positions;  // [L, 3] float64: the relative positions the keys were rotated to
 
     int64_t length() const { return layers.empty() ? 0 : layers.front().k.size(1); }
 };
-ContextAttention attend_context(WanDiTImpl& dit, const ContextKV& context, double now, double horizon = 0);
+ContextAttention attend_context(WanDiTImpl& dit,
+                                const ContextKV& context,
+                                double now,
+                                const TimeHorizon& horizon = {});
 
 // The section's velocity (as dit_velocity) with cached context: section queries attend to the section's own
 // keys and the context's; the context is not recomputed.

@@ -168,6 +168,12 @@ void MemoryEncoderConfig::validate(const std::string& where) const {
     if (attn_heads < 1 || feature_dim() % attn_heads != 0) {
         fail("attn_heads must be >= 1 and divide the last hr_channels width");
     }
+    if (cross_attn_features && !has_hr()) {
+        fail(
+            "cross_attn_features (the cross-attention enhancement) needs an HR branch: variant proposed or "
+            "without_lr, not " +
+            variant);
+    }
 }
 
 // ---- tokens and positions ----

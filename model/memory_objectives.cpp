@@ -223,15 +223,22 @@ FlowLoss autoregressive_loss(WanDiTImpl& dit,
     const auto frame_sigma = out.sigma.unsqueeze(1).repeat({1, f});
     const auto s = expand_frames(frame_sigma, x0);
     const auto x_t = (1 - s) * x0 + s * noise;
-    std::vector<ContextTokens> parts{inputs.memory};
+    // As the session: the memory's keys/values first (each group against the groups before it), then the
+    // window encoded against the memory, so the newest memory group never sees the window.
+    TORCH_CHECK(inputs.memory.length() == 0 || inputs.memory.available.defined(),
+                "autoregressive: memory context needs availability times (memory_context sets them)");
+    const ContextText history_text =
+        inputs.history_text ? inputs.history_text : ContextText([&](double) { return text; });
+    ContextKV kv = encode_context(dit, ContextKV{}, inputs.memory, history_text);
     if (inputs.window > 0) {
         TORCH_CHECK(inputs.window_latents.defined() && inputs.window_latents.size(2) == inputs.window,
                     "autoregressive: window_latents must hold the last ", inputs.window, " history frames");
-        parts.push_back(latent_context(dit, inputs.window_latents, -static_cast<double>(inputs.window)));
+        kv.append(encode_context(
+            dit, kv, latent_context(dit, inputs.window_latents, -static_cast<double>(inputs.window)),
+            history_text));
     }
-    const ContextAttention context =
-        cached_context(dit, concat_context(parts),
-                       inputs.history_text ? inputs.history_text : ContextText([&](double) { return text; }));
+    ContextAttention context = attend_context(dit, kv, 0.0);
+    context.cross = inputs.memory.cross;
     out.target = flow_velocity_target(x0, noise);
     out.loss_mask = torch::ones({b, f}, x0.options());
     out.prediction =

@@ -102,7 +102,7 @@ torch::Tensor WanAttentionImpl::forward(const torch::Tensor& x,
     qq = qq.view({b, lq, num_heads_, head_dim});
     kk = kk.view({b, lk, num_heads_, head_dim});
     if (block && block->record)
-        *block->record = {kk, vv};
+        *block->record = {kk.to(dtype), vv};  // keys in the compute dtype: half the cache with bf16 weights
     if (self) {
         qq = apply_rope(qq, *rope);
         kk = apply_rope(kk, *rope);

@@ -162,6 +162,23 @@ TEST_SUITE("ar_session") {
         CHECK(
             context_rope_positions(free.memory_kv().positions, 8.0, 0.0).select(1, 0).min().item<double>() ==
             doctest::Approx(-7.5));
+        // What the session itself hands the DiT: the memory's relative times, rescaled into the horizon.
+        CHECK(session.context_for(8).positions.select(1, 0).min().item<double>() == doctest::Approx(-3.0));
+        CHECK(free.context_for(8).positions.select(1, 0).min().item<double>() == doctest::Approx(-7.5));
+        // With a window, its frames keep their exact times; the older memory fills the rest of the horizon.
+        settings.horizon = 3.0;
+        settings.window = 2;
+        ARSession windowed(f.model, f.encoder, Storyboard({{0, "a red fox"}}), settings);
+        for (int i = 0; i < 4; ++i)
+            windowed.next_section();
+        const auto wctx = windowed.context_for(8).positions.select(1, 0);
+        REQUIRE(wctx.size(0) == 4 + 2 * 16);  // 4 memory tokens, 2 window frames of 4x4 tokens
+        CHECK(wctx.slice(0, 4, 20).eq(-2.0).all().item<bool>());
+        CHECK(wctx.slice(0, 20).eq(-1.0).all().item<bool>());
+        CHECK(wctx.min().item<double>() == doctest::Approx(-3.0));
+        settings.horizon = 2.0;  // not longer than the window
+        CHECK_THROWS_AS(ARSession(f.model, f.encoder, Storyboard({{0, "x"}}), settings),
+                        std::invalid_argument);
         // Keys are stored before RoPE with absolute times: the newest group is centred at latent frame 6.5.
         CHECK(free.memory_kv().positions.select(1, 0).max().item<double>() == doctest::Approx(6.5));
     }
@@ -183,6 +200,10 @@ TEST_SUITE("ar_session") {
         const auto r0 = session.next_section();
         CHECK(r0.context_tokens == 0);
         CHECK(session.memory_tokens() == 1);  // frames 0-1; frame 2 waits for its group
+        // The provisional group sits at the centre of the frames it has so far (frame 2), not in the future.
+        const auto pending = session.context_for(3).positions.select(1, 0);
+        CHECK(pending.max().item<double>() == doctest::Approx(-1.0));
+        CHECK(pending.min().item<double>() == doctest::Approx(-2.5));
         const auto r1 = session.next_section();
         CHECK(r1.context_tokens == 2);  // the completed group and the provisional one
         CHECK(session.memory_tokens() == 3);

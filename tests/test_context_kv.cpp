@@ -161,6 +161,23 @@ TEST_SUITE("context_kv") {
                                            v1) > 1e-4);
     }
 
+    TEST_CASE("gradients reach the memory tokens through the cached keys with the DiT frozen") {
+        auto dit = random_dit(2);
+        for (auto& p : dit->parameters())
+            p.set_requires_grad(false);
+        torch::manual_seed(9);
+        ContextTokens ctx = groups_of_tokens(1, 2, 48);
+        ctx.tokens.set_requires_grad(true);
+        const auto text = dit->embed_text({torch::randn({3, 16})});
+        const auto kv = encode_context(*dit, {}, ctx, [&](double) { return text; });
+        const auto v = dit_velocity(*dit, torch::randn({1, 4, 2, 4, 4}), torch::tensor({500.0}), text,
+                                    attend_context(*dit, kv, 4.0));
+        v.pow(2).sum().backward();
+        REQUIRE(ctx.tokens.grad().defined());
+        // Every token, the older group's too, reaches the section's output.
+        CHECK(ctx.tokens.grad().abs().sum(std::vector<int64_t>{0, 2}).min().item<double>() > 0);
+    }
+
     TEST_CASE("positions beyond the horizon are rescaled into it, order kept") {
         const auto pos =
             torch::tensor({0.5, 0.0, 0.0, 10.5, 1.0, 2.0, 98.5, 0.0, 0.0}, torch::kFloat64).reshape({3, 3});
@@ -172,6 +189,12 @@ TEST_SUITE("context_kv") {
         CHECK(scaled[2][0].item<double>() == doctest::Approx(-1.5 * 20.0 / 99.5));
         CHECK(scaled[1][1].item<double>() == 1.0);                          // h and w untouched
         CHECK_CLOSE(context_rope_positions(pos, 100.0, 200.0), free, 0.0);  // within the horizon: unchanged
+        // With the last 4 frames kept exact (a window): those keep their times, older ones fill [-20, -4].
+        const auto kept = context_rope_positions(pos, 100.0, TimeHorizon(20.0, 4.0));
+        CHECK(kept[2][0].item<double>() == doctest::Approx(-1.5));
+        CHECK(kept[0][0].item<double>() == doctest::Approx(-20.0));
+        CHECK(kept[1][0].item<double>() == doctest::Approx(-4.0 - (89.5 - 4.0) * 16.0 / 95.5));
+        CHECK_THROWS(context_rope_positions(pos, 100.0, TimeHorizon(4.0, 4.0)));
     }
 
     TEST_CASE("the cross-attention enhancement is registered per DiT block and starts as a no-op") {

@@ -41,6 +41,7 @@ ContextTokens random_memory(int64_t batch, int64_t groups) {
         for (int64_t j = 0; j < 2; ++j)
             pos.insert(pos.end(), {g * 2 + 0.5, 1.5, j * 4 + 1.5});
     m.positions = torch::tensor(pos, torch::kFloat64).reshape({groups * 2, 3});
+    m.available = (torch::arange(groups, torch::kFloat64) + 1).mul(2.0).repeat_interleave(2);
     return m;
 }
 
@@ -115,12 +116,15 @@ TEST_SUITE("memory_objectives") {
         const auto memory = random_memory(1, 3);
         torch::NoGradGuard no_grad;
         const auto t = torch::full({1}, 400.0);
-        const auto a = dit_velocity(*dit, x, t, text, &memory, torch::tensor({0.0, 5.0}, torch::kFloat64));
-        const auto b = dit_velocity(*dit, x, t, text, &memory, torch::tensor({1.0, 2.0}, torch::kFloat64));
+        // The context as retrieval_loss builds it (cached mode, history coordinates).
+        const auto ctx =
+            attend_context(*dit, encode_context(*dit, {}, memory, [&](double) { return text; }), 0.0);
+        const auto a = dit_velocity(*dit, x, t, text, ctx, torch::tensor({0.0, 5.0}, torch::kFloat64));
+        const auto b = dit_velocity(*dit, x, t, text, ctx, torch::tensor({1.0, 2.0}, torch::kFloat64));
         CHECK(memoreel::test::max_abs_diff(a, b) > 1e-4);
         // Default section times are 0..F-1.
-        CHECK_CLOSE(dit_velocity(*dit, x, t, text, &memory, torch::tensor({0.0, 1.0}, torch::kFloat64)),
-                    dit_velocity(*dit, x, t, text, &memory), 1e-6);
+        CHECK_CLOSE(dit_velocity(*dit, x, t, text, ctx, torch::tensor({0.0, 1.0}, torch::kFloat64)),
+                    dit_velocity(*dit, x, t, text, ctx), 1e-6);
     }
 
     TEST_CASE(
@@ -151,6 +155,7 @@ TEST_SUITE("memory_objectives") {
         in.target = torch::randn({1, 4, 2, 4, 4});
         in.memory = random_memory(1, 2);
         in.memory.positions.select(1, 0).sub_(10.0);  // history before the cut
+        in.memory.available.sub_(10.0);
         const auto text = dit->embed_text({torch::randn({3, 16})});
         LogitNormalSigmaSampler sigma;
         auto g1 = torch::make_generator<torch::CPUGeneratorImpl>(9);
@@ -162,6 +167,10 @@ TEST_SUITE("memory_objectives") {
         CHECK(torch::equal(plain.target, windowed.target));  // same draw
         CHECK(memoreel::test::max_abs_diff(plain.prediction, windowed.prediction) > 1e-5);
         CHECK(plain.loss.item<double>() > 0);
+        // Memory without availability times is refused (its order against the window would be undefined).
+        in.memory.available = torch::Tensor();
+        auto g3 = torch::make_generator<torch::CPUGeneratorImpl>(9);
+        CHECK_THROWS_WITH(autoregressive_loss(*dit, in, text, sigma, g3), doctest::Contains("availability"));
     }
 
     TEST_CASE("base loss: the conditioned first frame is clean and outside the loss") {
