@@ -135,6 +135,9 @@ TEST_SUITE("memory_encoder") {
         CHECK_THROWS_AS(MemoryEncoderConfig::from_json({{"rates", "3x4x2"}}, "t"), std::invalid_argument);
         CHECK_THROWS_AS(MemoryEncoderConfig::from_json({{"rates", "4x4x16"}}, "t"), std::invalid_argument);
         CHECK_THROWS_AS(MemoryEncoderConfig::from_json({{"variant", "bogus"}}, "t"), std::invalid_argument);
+        CHECK_THROWS_WITH_AS(
+            MemoryEncoderConfig::from_json({{"variant", "only_lr"}, {"cross_attn_features", true}}, "t"),
+            doctest::Contains("HR branch"), std::invalid_argument);
         CHECK_THROWS_AS(MemoryEncoderConfig::from_json({{"attn_heads", 3}}, "t"), std::invalid_argument);
         CHECK_THROWS_AS(MemoryEncoderConfig::from_json({{"hr_channels", nlohmann::json::array()}}, "t"),
                         std::invalid_argument);
@@ -176,7 +179,7 @@ TEST_SUITE("memory_encoder") {
         for (const std::string variant : {"proposed", "only_lr", "without_lr", "large_patchifier"}) {
             CAPTURE(variant);
             auto cfg = small_config(variant);
-            cfg.cross_attn_features = true;
+            cfg.cross_attn_features = cfg.has_hr();  // the enhancement needs an HR branch
             MemoryEncoder enc(cfg, dit, vae);
             perturb_projection(enc);
             torch::NoGradGuard ng;
