@@ -47,6 +47,7 @@ int main(int argc, char** argv) {
     });
     memoreel::add_generate_command(app);
     memoreel::add_bench_command(app);
+    memoreel::add_data_command(app);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

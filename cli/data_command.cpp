@@ -1,0 +1,89 @@
+// `memoreel data world`: renders a story of the procedural world to an MP4 with its storyboard and ground
+// truth, to look at the training data (and to feed `generate --storyboard` the same captions).
+#include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
+
+#include <filesystem>
+#include <memory>
+#include <vector>
+
+#include "cli/commands.h"
+#include "model/json_util.h"
+#include "stream/video_file_writer.h"
+#include "training/world.h"
+
+namespace memoreel {
+
+namespace {
+
+struct WorldArgs {
+    uint64_t seed = 1;
+    double seconds = 30;
+    int width = 320;
+    int height = 192;
+    int fps = 16;
+    std::string out = "out/world.mp4";
+};
+
+void run_world(const WorldArgs& a) {
+    world::StoryOptions o;
+    o.seconds = a.seconds;
+    const world::Story story = world::Story::generate(a.seed, o);
+    const auto parent = std::filesystem::path(a.out).parent_path();
+    if (!parent.empty())
+        std::filesystem::create_directories(parent);
+    const std::string stem = (parent / std::filesystem::path(a.out).stem()).string();
+    write_file_atomic(stem + ".storyboard.json", story.storyboard().dump(2) + "\n");
+    nlohmann::json truth = story.to_json();
+    VideoFileOptions vo;
+    vo.width = a.width;
+    vo.height = a.height;
+    vo.fps = a.fps;
+    VideoFileWriter writer(a.out, vo);
+    std::vector<uint8_t> rgb(static_cast<size_t>(a.width) * a.height * 3);
+    const int64_t frames = static_cast<int64_t>(a.seconds * a.fps);
+    for (int64_t i = 0; i < frames; ++i) {
+        world::FrameTruth ft;
+        world::render_frame(story, static_cast<double>(i) / a.fps, a.width, a.height, rgb.data(), &ft);
+        writer.write_rgb(rgb.data());
+        truth["frames"].push_back({{"shot", ft.shot},
+                                   {"place", ft.place},
+                                   {"characters", ft.characters},
+                                   {"boxes", ft.boxes},
+                                   {"object", ft.object},
+                                   {"object_held", ft.object_held}});
+    }
+    writer.finish();
+    write_file_atomic(stem + ".truth.json", truth.dump() + "\n");
+    spdlog::info("wrote {} ({} frames), {}.storyboard.json, {}.truth.json", a.out, frames, stem, stem);
+    for (const auto& shot : story.shots)
+        spdlog::info("{:6.2f} s  {}", shot.start, shot.caption);
+}
+
+}  // namespace
+
+void add_data_command(CLI::App& app) {
+    CLI::App* data = app.add_subcommand("data", "Training data: the procedural storyboard world");
+    data->require_subcommand(1);
+    auto args = std::make_shared<WorldArgs>();
+    CLI::App* cmd =
+        data->add_subcommand("world", "Render a story of the procedural world to MP4 + storyboard + truth");
+    cmd->add_option("--seed", args->seed, "World and story seed")->capture_default_str();
+    cmd->add_option("--seconds", args->seconds, "Story length")
+        ->capture_default_str()
+        ->check(CLI::Range(1.0, 3600.0));
+    cmd->add_option("--width", args->width, "Frame width")
+        ->capture_default_str()
+        ->check(CLI::Range(16, 4096));
+    cmd->add_option("--height", args->height, "Frame height")
+        ->capture_default_str()
+        ->check(CLI::Range(16, 4096));
+    cmd->add_option("--fps", args->fps, "Frames per second")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 120));
+    cmd->add_option("--out", args->out, "Output MP4 (storyboard and truth JSON beside it)")
+        ->capture_default_str();
+    cmd->callback([args] { run_world(*args); });
+}
+
+}  // namespace memoreel
