@@ -4,6 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 scripts/setup.sh build
+# Reference data some tests compare against (fetched from Debian packages, cached under data/).
+scripts/fetch_media.sh ssim
 built=$(date +%s)
 echo "[test] setup+build took $((built - start)) s"
 cd build
