@@ -12,6 +12,7 @@
 // random: costs do not depend on them.
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -40,7 +41,7 @@ struct MemoryBenchArgs {
     int64_t window = 8;
     double full_max_seconds = 10;  // joint full history gets slow quickly (30 s: ~4.5 min a step here)
     double full_cached_max_seconds = 60;
-    int repeats = 3;
+    int repeats = 9;
 };
 
 void bench_memory(const MemoryBenchArgs& a) {
@@ -129,6 +130,13 @@ void bench_memory(const MemoryBenchArgs& a) {
         return in;
     };
 
+    struct Pending {
+        double seconds;
+        std::string mode;
+        ContextAttention context;
+        double prep, append;
+    };
+    std::vector<Pending> pending;
     MemoryEncoderState state;
     ContextKV memory;
     int64_t latents_in = 0;
@@ -170,9 +178,7 @@ void bench_memory(const MemoryBenchArgs& a) {
         with_partial.append(encode_context(*dit, memory, partial, text_at));
         ContextAttention mem = attend_context(*dit, with_partial, now);
         double prep = ms_since(t0);
-        series.emplace_back(seconds, "compressed",
-                            row(seconds, "compressed", mem.length(), step_ms(mem), prep, append_ms));
-        mem = {};
+        pending.push_back({seconds, "compressed", std::move(mem), prep, append_ms});
 
         // Memory and window, as `generate --window` runs the session.
         t0 = std::chrono::steady_clock::now();
@@ -183,9 +189,7 @@ void bench_memory(const MemoryBenchArgs& a) {
             mem = attend_context(*dit, all, now);
         }
         prep = ms_since(t0);
-        series.emplace_back(seconds, "mem+window",
-                            row(seconds, "mem+window", mem.length(), step_ms(mem), prep, append_ms));
-        mem = {};
+        pending.push_back({seconds, "mem+window", std::move(mem), prep, append_ms});
 
         // Sliding window alone: constant context.
         t0 = std::chrono::steady_clock::now();
@@ -193,15 +197,42 @@ void bench_memory(const MemoryBenchArgs& a) {
             *dit, encode_context(*dit, {}, latent_context(*dit, window_latents, window_offset), text_at),
             now);
         prep = ms_since(t0);
-        series.emplace_back(seconds, "window", row(seconds, "window", win.length(), step_ms(win), prep, 0.0));
-        win = {};
-
+        pending.push_back({seconds, "window", std::move(win), prep, 0.0});
+    }
+    // Steps timed in interleaved rounds (one step of every context per round, medians over rounds), so that
+    // the machine's drift over the minutes this takes falls on every row alike rather than on some lengths.
+    {
+        std::vector<std::vector<double>> times(pending.size());
+        for (const auto& p : pending)
+            (void)dit_velocity(*dit, x, t, text, p.context);  // warm-up
+        for (int r = 0; r < a.repeats; ++r)
+            for (size_t i = 0; i < pending.size(); ++i) {
+                const auto t0 = std::chrono::steady_clock::now();
+                (void)dit_velocity(*dit, x, t, text, pending[i].context);
+                times[i].push_back(ms_since(t0));
+            }
+        for (size_t i = 0; i < pending.size(); ++i) {
+            auto& v = times[i];
+            std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+            const auto& p = pending[i];
+            series.emplace_back(
+                p.seconds, p.mode,
+                row(p.seconds, p.mode.c_str(), p.context.length(), v[v.size() / 2], p.prep, p.append));
+        }
+        pending.clear();
+    }
+    // The uncompressed baselines last, so that their large buffers do not disturb the series above.
+    for (double seconds : a.seconds) {
+        const int64_t frames = static_cast<int64_t>(std::llround(seconds * c.fps));
+        const int64_t latents_at = ((1 + (frames - 1) / 4) / s) * s;
+        std::chrono::steady_clock::time_point t0;
+        double prep = 0;
         // Uncompressed full history.
         const int64_t full_tokens = uncompressed_context({c.width, c.height, static_cast<double>(c.fps),
                                                           seconds, sf, 4, c.dit.patch_size[1]})
                                         .padded;
         const auto full_positions = rope_grid_positions(full_tokens / ((h / 2) * (w / 2)), h / 2, w / 2,
-                                                        {-static_cast<double>(latents_in), 0.0, 0.0});
+                                                        {-static_cast<double>(latents_at), 0.0, 0.0});
         if (seconds <= a.full_max_seconds) {
             ContextTokens full;
             full.tokens = torch::randn({2, full_tokens, c.dit.dim});
@@ -273,7 +304,8 @@ void add_bench_memory_command(CLI::App& bench) {
     cmd->add_option("--full-cached-max-seconds", args->full_cached_max_seconds,
                     "Longest history run for the cached full baseline")
         ->capture_default_str();
-    cmd->add_option("--repeats", args->repeats, "Timed steps per point (median)")
+    cmd->add_option("--repeats", args->repeats,
+                    "Timed rounds (one step per point each, interleaved; medians)")
         ->capture_default_str()
         ->check(CLI::Range(1, 100));
     cmd->callback([args] { bench_memory(*args); });

@@ -58,7 +58,7 @@ struct Fixture {
 }  // namespace
 
 TEST_SUITE("ar_session") {
-    TEST_CASE("the prompt in force per section; a prompt set during a section applies from the next") {
+    TEST_CASE("the prompt in force per section, a prompt set during a section applies from the next") {
         Fixture f;
         ARSession session(f.model, f.encoder, Storyboard({{0, "a red fox"}}), f.settings());
         const auto s0 = session.next_section([&](int64_t step, int64_t) {
@@ -112,7 +112,7 @@ TEST_SUITE("ar_session") {
         }
     }
 
-    TEST_CASE("only the compressed memory grows; the window and the decoder state stay fixed") {
+    TEST_CASE("only the compressed memory grows, the window and the decoder state stay fixed") {
         Fixture f;
         ARSession session(f.model, f.encoder, Storyboard({{0, "a red fox"}}), f.settings(2));
         std::vector<std::map<std::string, int64_t>> sizes;

@@ -83,7 +83,7 @@ TEST_SUITE("context_kv") {
         CHECK(memoreel::test::max_abs_diff(got, dit_velocity(*dit, x, t, text)) > 1e-3);
     }
 
-    TEST_CASE("encoding group by group equals encoding at once; later tokens never change earlier ones") {
+    TEST_CASE("encoding group by group equals encoding at once, later tokens never change earlier ones") {
         torch::NoGradGuard ng;
         auto dit = random_dit(3);
         torch::manual_seed(4);
@@ -137,7 +137,7 @@ TEST_SUITE("context_kv") {
               1e-4);
     }
 
-    TEST_CASE("a batch-1 context serves a batch of 2 exactly as a repeated one; relative positions only") {
+    TEST_CASE("a batch-1 context serves a batch of 2 exactly as a repeated one, relative positions only") {
         torch::NoGradGuard ng;
         auto dit = random_dit(2);
         torch::manual_seed(7);

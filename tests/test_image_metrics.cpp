@@ -1,7 +1,8 @@
 // SSIM and PSNR against the references python3-skimage 0.19.3 ships (fetched by scripts/fetch_media.sh ssim):
-// its camera image, a noisy copy made as its own test makes it (`np.random.seed(5); cam + 20 * randn`, numpy's
-// legacy MT19937 + polar Box-Muller generator reproduced bit for bit here), and the reference SSIM its test
-// asserts for them (mssim_IPOL, from the authors' IPOL implementation, read from the packaged test file).
+// its camera image, a noisy copy made as its own test makes it (`np.random.seed(5); cam + 20 * randn`,
+// numpy's legacy MT19937 + polar Box-Muller generator reproduced bit for bit here), and the reference SSIM
+// its test asserts for them (mssim_IPOL, from the authors' IPOL implementation, read from the packaged test
+// file).
 //
 // mssim_matlab_output.npz, the MATLAB value the issue names, is also read: it is 0.327314, the value of the
 // MATLAB code on the camera image scikit-image shipped before 0.18 (its tests up to 0.17 hard-code the same
@@ -96,7 +97,8 @@ TEST_SUITE("image_metrics") {
         const std::string dir = memoreel::test::source_dir() + "/data/media/ssim";
         const auto ref = read_npz(dir + "/mssim_matlab_output.npz");
         REQUIRE(ref.count("mssim_matlab"));
-        CHECK(ref.at("mssim_matlab").at(0) == doctest::Approx(0.327314295673357));  // the pre-0.18 camera's value
+        CHECK(ref.at("mssim_matlab").at(0) ==
+              doctest::Approx(0.327314295673357));  // the pre-0.18 camera's value
         std::ifstream test_file(dir + "/test_structural_similarity.py");
         REQUIRE_MESSAGE(test_file.good(), "run scripts/fetch_media.sh ssim");
         const std::string text((std::istreambuf_iterator<char>(test_file)), std::istreambuf_iterator<char>());

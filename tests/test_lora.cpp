@@ -128,7 +128,7 @@ TEST_SUITE("lora") {
         CHECK(fresh.head->lora_scale() == doctest::Approx(2.0));
     }
 
-    TEST_CASE("PEFT-style files load; mismatched adapters are clear errors") {
+    TEST_CASE("PEFT-style files load, mismatched adapters are clear errors") {
         TempDir dir;
         ToyNet net;
         torch::manual_seed(4);
@@ -154,7 +154,7 @@ TEST_SUITE("lora") {
                              doctest::Contains("no matching up"), CheckpointError);
     }
 
-    TEST_CASE("a file with one bad adapter changes nothing; bad alphas are clear errors") {
+    TEST_CASE("a file with one bad adapter changes nothing, bad alphas are clear errors") {
         TempDir dir;
         ToyNet net;
         save_tensors(dir.file("partly.safetensors"), {{"head.lora_down", torch::ones({2, 8})},

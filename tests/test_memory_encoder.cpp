@@ -270,7 +270,7 @@ TEST_SUITE("memory_encoder") {
         }
     }
 
-    TEST_CASE("appends that complete no group return zero groups; batch of 2 streams like two batches of 1") {
+    TEST_CASE("appends that complete no group return zero groups, batch of 2 streams like two batches of 1") {
         torch::manual_seed(9);
         auto dit = tiny_dit();
         auto vae = tiny_vae();

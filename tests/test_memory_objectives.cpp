@@ -128,7 +128,7 @@ TEST_SUITE("memory_objectives") {
     }
 
     TEST_CASE(
-        "autoregressive cuts fall on section boundaries with a whole section after; prompt nearest the "
+        "autoregressive cuts fall on section boundaries with a whole section after, prompt nearest the "
         "start") {
         auto gen = torch::make_generator<torch::CPUGeneratorImpl>(5);
         const Storyboard story({{0, "a"}, {2.0, "b"}, {6.0, "c"}});

@@ -22,7 +22,7 @@ TEST_SUITE("storyboard") {
         CHECK(Storyboard().index_in_force(3) == -1);
     }
 
-    TEST_CASE("nearest entry, ties to the earlier one; setting the same time replaces") {
+    TEST_CASE("nearest entry, ties to the earlier one, setting the same time replaces") {
         Storyboard s({{0, "a"}, {4, "b"}, {10, "c"}});
         CHECK(s.index_nearest(1.9) == 0);
         CHECK(s.index_nearest(2.0) == 0);
@@ -35,7 +35,7 @@ TEST_SUITE("storyboard") {
         CHECK(s.in_force(7) == "d");
     }
 
-    TEST_CASE("files round-trip; bad ones name the file and the entry") {
+    TEST_CASE("files round-trip, bad ones name the file and the entry") {
         TempDir dir;
         Storyboard s({{0, "a"}, {2.5, "b"}});
         write_file_atomic(dir.file("s.json"), s.to_json().dump());

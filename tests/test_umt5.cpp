@@ -31,7 +31,7 @@ UMT5Encoder golden_model() {
 }  // namespace
 
 TEST_SUITE("umt5") {
-    TEST_CASE("parameter names and shapes equal the official state_dict; strict load works") {
+    TEST_CASE("parameter names and shapes equal the official state_dict, strict load works") {
         UMT5Encoder model(golden_config());
         std::map<std::string, std::vector<int64_t>> ours, theirs;
         for (const auto& [name, t] : module_tensors(*model))

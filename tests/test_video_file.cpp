@@ -46,7 +46,7 @@ TEST_SUITE("video_file") {
         CHECK(probe == "h264,96,64,16/1," + std::to_string(n) + "\n");
     }
 
-    TEST_CASE("an abandoned writer leaves no file; bad sizes are refused") {
+    TEST_CASE("an abandoned writer leaves no file, bad sizes are refused") {
         TempDir dir;
         {
             VideoFileWriter writer(dir.file("never.mp4"), {32, 32, 8});

@@ -113,7 +113,7 @@ torch::Tensor ti2v_t(int64_t seq_len, int64_t frame0_tokens, float t) {
 }  // namespace
 
 TEST_SUITE("wan_dit") {
-    TEST_CASE("parameter names and shapes are the official ones; the golden checkpoint loads strictly") {
+    TEST_CASE("parameter names and shapes are the official ones, the golden checkpoint loads strictly") {
         const auto config = golden_config();
         WanDiT model(config);
         std::map<std::string, std::vector<int64_t>> expected;
@@ -358,7 +358,7 @@ TEST_SUITE("wan_dit") {
         CHECK(gp[12][0].item<double>() == -2.0);
     }
 
-    TEST_CASE("attention: key mask equals truncated keys; chunked manual path equals one block") {
+    TEST_CASE("attention: key mask equals truncated keys, chunked manual path equals one block") {
         torch::manual_seed(1);
         const auto q = torch::randn({2, 37, 3, 16});
         const auto k = torch::randn({2, 29, 3, 16});

@@ -34,7 +34,7 @@ std::array<double, 3> mean_rgb(const std::vector<uint8_t>& rgb, int w, const std
 }  // namespace
 
 TEST_SUITE("world") {
-    TEST_CASE("the same seed gives the same world, story and pixels; another seed differs") {
+    TEST_CASE("the same seed gives the same world, story and pixels, another seed differs") {
         const Story a = Story::generate(7), b = Story::generate(7), c = Story::generate(8);
         CHECK(a.to_json() == b.to_json());
         CHECK(a.to_json() != c.to_json());
@@ -123,7 +123,7 @@ TEST_SUITE("world") {
         CHECK(checked >= 5);
     }
 
-    TEST_CASE("a camera move changes the picture within a shot; bad sizes are refused") {
+    TEST_CASE("a camera move changes the picture within a shot, bad sizes are refused") {
         const Story s = Story::generate(5);
         const auto& shot = s.shots.front();
         CHECK(frame(s, shot.start + 0.1) != frame(s, shot.start + shot.duration - 0.1));
