@@ -8,17 +8,9 @@ extern "C" {
 
 #include <stdexcept>
 
+#include "stream/ffmpeg_error.h"
+
 namespace memoreel {
-
-namespace {
-
-std::string av_error(int code) {
-    char buf[AV_ERROR_MAX_STRING_SIZE] = {0};
-    av_strerror(code, buf, sizeof(buf));
-    return buf;
-}
-
-}  // namespace
 
 struct VideoFileReader::Impl {
     std::string path;
@@ -46,7 +38,7 @@ struct VideoFileReader::Impl {
     }
 
     [[noreturn]] void fail(const std::string& what, int code = 0) const {
-        throw std::runtime_error(path + ": " + what + (code ? ": " + av_error(code) : std::string()));
+        throw std::runtime_error(path + ": " + what + (code ? ": " + ffmpeg_error(code) : std::string()));
     }
 
     // Decodes until a frame is available; false at the end.

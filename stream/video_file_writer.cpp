@@ -14,19 +14,15 @@ extern "C" {
 #include <cstring>
 #include <stdexcept>
 
+#include "stream/ffmpeg_error.h"
+
 namespace memoreel {
 
 namespace {
 
-std::string av_error(int code) {
-    char buf[AV_ERROR_MAX_STRING_SIZE] = {0};
-    av_strerror(code, buf, sizeof(buf));
-    return buf;
-}
-
 void check(int code, const std::string& path, const char* what) {
     if (code < 0)
-        throw std::runtime_error(path + ": " + what + ": " + av_error(code));
+        throw std::runtime_error(path + ": " + what + ": " + ffmpeg_error(code));
 }
 
 }  // namespace
