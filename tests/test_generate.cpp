@@ -10,20 +10,9 @@ using memoreel::test::TempDir;
 
 namespace {
 
-struct Result {
-    int status;
-    std::string output;
-};
-
-Result run(const std::string& cmd) {
-    Result r{0, ""};
-    FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
-    REQUIRE(p != nullptr);
-    char buf[512];
-    while (std::fgets(buf, sizeof(buf), p))
-        r.output += buf;
-    r.status = ::pclose(p);
-    return r;
+using Result = memoreel::test::CommandResult;
+memoreel::test::CommandResult run(const std::string& cmd) {
+    return memoreel::test::run_command(cmd);
 }
 
 std::string generate_cmd(const std::string& extra) {

@@ -88,3 +88,27 @@ TEST_SUITE("latent_cache") {
                         std::invalid_argument);
     }
 }
+
+TEST_SUITE("latent_cache") {
+    TEST_CASE("memoreel data cache writes world stories once, and a second run keeps them") {
+        memoreel::test::TempDir dir;
+        const std::string cmd = "'" + memoreel::test::memoreel_binary() +
+                                "' --threads 2 data cache --model '" + memoreel::test::source_dir() +
+                                "/configs/models/memoreel-tiny.json' --seconds 1 --out '" + dir.path() + "'";
+        auto r = memoreel::test::run_command(cmd + " --stories 1");
+        REQUIRE_MESSAGE(r.status == 0, r.output);
+        CHECK(r.output.find("1 clips written, 0 already there") != std::string::npos);
+        const auto first = read_cached_clip(dir.file("world-000001.safetensors"));
+        CHECK(first.frames == 13);  // 16 frames in a second, 1 + 4k of them
+        CHECK(first.latents.sizes() == torch::IntArrayRef({16, 4, 24, 40}));
+        CHECK(first.storyboard.at("prompts").size() >= 1);
+        CHECK(first.info.at("source") == "world");
+        r = memoreel::test::run_command(cmd + " --stories 2");
+        REQUIRE_MESSAGE(r.status == 0, r.output);
+        CHECK(r.output.find("1 clips written, 1 already there") != std::string::npos);
+        CHECK(torch::equal(read_cached_clip(dir.file("world-000001.safetensors")).latents, first.latents));
+        r = memoreel::test::run_command(cmd + " --media '" + dir.file("none.json") + "'");
+        CHECK(r.status != 0);
+        CHECK(r.output.find("none.json") != std::string::npos);
+    }
+}

@@ -1,5 +1,8 @@
 #include "tests/test_support.h"
 
+#include <cstdio>
+#include <stdexcept>
+
 #include <unistd.h>
 
 #include <cstdlib>
@@ -49,6 +52,18 @@ double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
     if (a.numel() == 0)
         return 0.0;
     return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
+}
+
+CommandResult run_command(const std::string& cmd) {
+    CommandResult r;
+    FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
+    if (!p)
+        throw std::runtime_error("cannot run: " + cmd);
+    char buf[512];
+    while (std::fgets(buf, sizeof(buf), p))
+        r.output += buf;
+    r.status = ::pclose(p);
+    return r;
 }
 
 }  // namespace memoreel::test

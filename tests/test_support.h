@@ -32,6 +32,13 @@ class TempDir {
     std::string path_;
 };
 
+// Runs a shell command, stdout and stderr together.
+struct CommandResult {
+    int status = 0;  // as pclose returns it (0 on success)
+    std::string output;
+};
+CommandResult run_command(const std::string& cmd);
+
 // Largest absolute difference (after broadcasting-free shape check).
 double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b);
 

@@ -10,15 +10,9 @@ using memoreel::test::TempDir;
 
 namespace {
 
+// stdout only: the callers parse ffprobe's output.
 std::string run(const std::string& cmd) {
-    std::string out;
-    FILE* p = ::popen(cmd.c_str(), "r");
-    REQUIRE(p != nullptr);
-    char buf[256];
-    while (std::fgets(buf, sizeof(buf), p))
-        out += buf;
-    ::pclose(p);
-    return out;
+    return memoreel::test::run_command(cmd + " 2>/dev/null").output;
 }
 
 }  // namespace
