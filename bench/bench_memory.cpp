@@ -25,6 +25,7 @@
 #include "model/context_kv.h"
 #include "model/memory_encoder.h"
 #include "model/memory_geometry.h"
+#include "model/memory_objectives.h"
 #include "model/wan_dit.h"
 #include "model/wan_vae.h"
 
@@ -109,18 +110,7 @@ void bench_memory(const MemoryBenchArgs& a) {
     };
 
     // The memory tokens of new groups as DiT context at absolute times, available at their group's end.
-    auto memory_part = [&](const MemoryTokens& m) {
-        ContextTokens ctx;
-        if (m.groups() == 0)
-            return ctx;
-        const auto grid = m.grid();
-        ctx.tokens = m.flat();
-        ctx.positions = memory_positions(grid, mc.rates(), 0.0, m.first_group);
-        ctx.available = (torch::arange(grid[0], torch::kFloat64) + double(m.first_group + 1))
-                            .mul(double(mc.rt))
-                            .repeat_interleave(grid[1] * grid[2]);
-        return ctx;
-    };
+    auto memory_part = [&](const MemoryTokens& m) { return memory_context(m, mc.rates(), 0.0); };
     auto section_input = [&](int64_t n, int64_t first_latent) {
         MemoryInput in;
         in.latents = torch::randn({1, c.vae.z_dim, n, h, w});

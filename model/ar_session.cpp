@@ -20,21 +20,6 @@ int64_t bytes_of(const torch::Tensor& t) {
 
 constexpr size_t kTextCacheEntries = 16;
 
-// Memory tokens as context at absolute times (latent frames from the stream start), each group available
-// from the end of its frames.
-ContextTokens memory_tokens_context(const MemoryTokens& m, const MemoryRates& rates) {
-    ContextTokens c;
-    if (m.groups() == 0)
-        return c;
-    const auto grid = m.grid();
-    c.tokens = m.flat();
-    c.positions = memory_positions(grid, rates, 0.0, m.first_group);
-    c.available = (torch::arange(grid[0], torch::kFloat64) + double(m.first_group + 1))
-                      .mul(double(rates.rt))
-                      .repeat_interleave(grid[1] * grid[2]);
-    return c;
-}
-
 }  // namespace
 
 ARSession::ARSession(VideoModel& model,
@@ -139,7 +124,7 @@ ContextAttention ARSession::context_for(int64_t first_latent) {
         if (!m.state.started())
             continue;
         ContextTokens partial =
-            memory_tokens_context(m.encoder->encode_partial(m.state), m.encoder->config().rates());
+            memory_context(m.encoder->encode_partial(m.state), m.encoder->config().rates(), 0.0);
         if (partial.length() > 0) {
             partial.available = torch::full({partial.length()}, now, torch::kFloat64);
             // Provisional: centred on the frames that exist so far, never in the section's future.
@@ -179,7 +164,7 @@ void ARSession::append_memory(const std::vector<MemoryTokens>& fresh, const torc
             m.features =
                 m.features.defined() ? torch::cat({m.features, f.flat_features()}, 1) : f.flat_features();
         m.grid = {m.grid[0] + grid[0], grid[1], grid[2]};
-        ContextTokens c = memory_tokens_context(f, m.encoder->config().rates());
+        ContextTokens c = memory_context(f, m.encoder->config().rates(), 0.0);
         parts.push_back(std::move(c));
     }
     const ContextTokens all = concat_context(parts);
