@@ -14,6 +14,7 @@
 #include "stream/video_file_reader.h"
 #include "stream/video_file_writer.h"
 #include "training/latent_cache.h"
+#include "training/training_data.h"
 #include "training/world.h"
 
 namespace memoreel {
@@ -73,105 +74,36 @@ struct CacheArgs {
     double seconds = 20;  // story length, or media window length
     std::string out = "data/latents/world";
     std::string dtype = "fp32";
+    std::string split = "all";  // media: the manifest split to encode
 };
-
-// 1 + 4k frames that fit in `seconds` at fps.
-int64_t cacheable_frames(double seconds, double fps) {
-    const int64_t n = static_cast<int64_t>(seconds * fps);
-    return n < 1 ? 0 : 1 + 4 * ((n - 1) / 4);
-}
 
 void run_cache(const CacheArgs& a) {
     const ModelConfig config = ModelConfig::load(a.model);
     VideoModel model(config, a.weights);
-    const int w = static_cast<int>(config.width), h = static_cast<int>(config.height);
-    const double fps = static_cast<double>(config.fps);
-    const torch::Dtype dtype = a.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
-    int written = 0, kept = 0;
-    const auto exists = [&](const std::string& name) {
-        return std::filesystem::exists(std::filesystem::path(a.out) / (name + ".safetensors"));
-    };
+    WorldDataOptions world;
+    MediaDataOptions media;
     if (a.media.empty()) {
-        ProgressBar bar("stories", a.stories, "story");
-        for (int i = 0; i < a.stories; ++i) {
-            const uint64_t seed = a.seed + static_cast<uint64_t>(i);
-            char name[64];
-            std::snprintf(name, sizeof(name), "world-%06llu", static_cast<unsigned long long>(seed));
-            if (exists(name)) {  // a resumed run keeps what is there (files are written whole)
-                ++kept;
-                bar.update(i + 1, name);
-                continue;
-            }
-            world::StoryOptions o;
-            o.seconds = a.seconds;
-            const world::Story story = world::Story::generate(seed, o);
-            CachedClip c;
-            c.name = name;
-            c.frames = cacheable_frames(a.seconds, fps);
-            c.fps = fps;
-            c.latents = encode_frames(model.vae(), c.frames, w, h, [&](int64_t f, uint8_t* rgb) {
-                world::render_frame(story, static_cast<double>(f) / fps, w, h, rgb);
-            });
-            c.storyboard = story.storyboard();
-            c.info = {
-                {"source", "world"}, {"seed", seed}, {"width", w}, {"height", h}, {"story", story.to_json()}};
-            write_cached_clip(a.out, c, dtype);
-            ++written;
-            bar.update(i + 1, name);
-        }
-        bar.finish();
+        world.stories = a.stories;
+        world.seed = a.seed;
+        world.seconds = a.seconds;
     } else {
-        const nlohmann::json manifest = read_json_file(a.media);
-        const auto dir = std::filesystem::path(a.media).parent_path();
-        for (const auto& clip : manifest.at("clips")) {
-            const std::string file = (dir / clip.at("file").get<std::string>()).string();
-            VideoFileReader reader(file);
-            if (reader.info().width != w || reader.info().height != h)
-                throw std::invalid_argument(file + ": " + std::to_string(reader.info().width) + "x" +
-                                            std::to_string(reader.info().height) + ", the model wants " +
-                                            std::to_string(w) + "x" + std::to_string(h) +
-                                            " (run scripts/fetch_media.sh with its size)");
-            const int64_t per_window = cacheable_frames(a.seconds, fps);
-            std::vector<std::vector<uint8_t>> window;
-            std::vector<uint8_t> rgb;
-            int64_t start = 0, index = 0;
-            bool more = true;
-            while (more) {
-                window.clear();
-                while (static_cast<int64_t>(window.size()) < per_window && (more = reader.read_rgb(rgb)))
-                    window.push_back(rgb);
-                if (static_cast<int64_t>(window.size()) < per_window)
-                    break;  // the tail shorter than a window is left out
-                char name[160];
-                std::snprintf(name, sizeof(name), "%s-%03lld", clip.at("clip").get<std::string>().c_str(),
-                              static_cast<long long>(index));
-                if (!exists(name)) {
-                    CachedClip c;
-                    c.name = name;
-                    c.frames = per_window;
-                    c.fps = fps;
-                    c.latents = encode_frames(model.vae(), per_window, w, h, [&](int64_t f, uint8_t* out) {
-                        std::copy(window[f].begin(), window[f].end(), out);
-                    });
-                    c.storyboard = nlohmann::json::object();
-                    c.info = {{"source", "media"},
-                              {"clip", clip.at("clip")},
-                              {"split", clip.at("split")},
-                              {"start_frame", start},
-                              {"file", file}};
-                    write_cached_clip(a.out, c, dtype);
-                    ++written;
-                } else {
-                    ++kept;
-                }
-                start += per_window;
-                ++index;
-            }
-            spdlog::info("{}: {} windows of {} frames", clip.at("clip").get<std::string>(), index,
-                         per_window);
-        }
+        media.manifest = a.media;
+        media.split = a.split;
+        media.window_seconds = a.seconds;
     }
-    spdlog::info("latent cache {}: {} clips written, {} already there", a.out, written, kept);
+    std::unique_ptr<ProgressBar> bar;
+    const int64_t written = build_latent_cache(
+        model.vae(), a.out, world, media, static_cast<int>(config.width), static_cast<int>(config.height),
+        static_cast<int>(config.fps), a.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32,
+        [&](int64_t done, int64_t total, const std::string& name) {
+            if (!bar)
+                bar = std::make_unique<ProgressBar>("clips", total, "clip");
+            bar->update(done, name);
+        });
+    if (bar)
+        bar->finish();
+    spdlog::info("latent cache {}: {} clips written, {} in all", a.out, written,
+                 list_cached_clips(a.out).size());
 }
 
 }  // namespace
@@ -213,6 +145,9 @@ void add_data_command(CLI::App& app) {
     cache->add_option("--seconds", cargs->seconds, "Story length, or media window length")
         ->capture_default_str()
         ->check(CLI::Range(0.25, 3600.0));
+    cache->add_option("--split", cargs->split, "Media: the manifest split (train, eval or all)")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"train", "eval", "all"}));
     cache->add_option("--dtype", cargs->dtype, "Stored latents")
         ->capture_default_str()
         ->check(CLI::IsMember({"fp32", "bf16"}));

@@ -13,6 +13,7 @@
 #include "cli/progress_bar.h"
 #include "model/ar_session.h"
 #include "model/checkpoint.h"
+#include "model/lora.h"
 #include "model/video_model.h"
 #include "stream/video_file_writer.h"
 
@@ -122,15 +123,31 @@ void run_storyboard(const GenerateArgs& a) {
     // comma-separated.
     const std::vector<std::string> rates =
         split_commas(a.memory_rates.empty() ? config.memory_rates : a.memory_rates);
-    const std::vector<std::string> weights = split_commas(a.memory_weights);
+    std::vector<std::string> weights = split_commas(a.memory_weights);
+    // The model's own trained memory (model.json "memory": encoder settings, weights, the DiT's LoRA) unless
+    // the command line names other rates or weights.
+    const bool trained_memory = !a.no_memory && weights.empty() && !config.memory_weights.empty() &&
+                                (a.memory_rates.empty() || a.memory_rates == config.memory_rates);
+    const std::string weights_base =
+        !a.weights.empty() ? a.weights : std::filesystem::path(config.source_path).parent_path().string();
+    const auto in_weights = [&](const std::string& f) {
+        return std::filesystem::path(f).is_absolute() ? f
+                                                      : (std::filesystem::path(weights_base) / f).string();
+    };
+    if (trained_memory)
+        weights = {in_weights(config.memory_weights)};
     if (!weights.empty() && weights.size() != rates.size())
         throw std::invalid_argument("--memory-weights needs one file per --memory-rates entry");
     std::vector<MemoryEncoderConfig> memory_configs;
     for (const auto& r : rates) {
         MemoryEncoderConfig mc;
+        if (trained_memory && config.memory_encoder.is_object()) {
+            mc = MemoryEncoderConfig::from_json(config.memory_encoder, config.source_path);
+        } else {
+            mc.variant = a.memory_variant;
+            mc.cross_attn_features = a.memory_cross_attention;
+        }
         mc.set_rates(parse_rates(r));
-        mc.variant = a.memory_variant;
-        mc.cross_attn_features = a.memory_cross_attention;
         mc.validate("--memory-rates " + r);
         memory_configs.push_back(mc);
     }
@@ -154,6 +171,12 @@ void run_storyboard(const GenerateArgs& a) {
     const auto writer = open_output(a.out, width, height, static_cast<int64_t>(st.fps));
 
     VideoModel model(config, a.weights, device, a.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32);
+    if (trained_memory && !config.lora_weights.empty()) {
+        // Trained together with the memory encoder; merged so that sampling costs nothing extra.
+        load_lora(in_weights(config.lora_weights), model.dit());
+        model.dit().to(device);
+        merge_lora(model.dit());
+    }
     std::vector<MemoryEncoder> encoders;
     std::string memory_desc = "off";
     if (st.use_memory) {
@@ -163,7 +186,7 @@ void run_storyboard(const GenerateArgs& a) {
         if (weights.empty())
             spdlog::warn(
                 "no --memory-weights: the memory encoder is untrained (seeded random initialisation)");
-        memory_desc = a.memory_variant;
+        memory_desc = memory_configs.front().variant + (trained_memory ? " (trained)" : "");
         for (size_t i = 0; i < memory_configs.size(); ++i) {
             MemoryEncoder encoder(memory_configs[i], model.dit_module(), model.vae_module());
             if (!weights.empty())

@@ -6,6 +6,8 @@
 
 #include <malloc.h>
 
+#include <cstdio>
+#include <sstream>
 #include <thread>
 
 #include "cli/commands.h"
@@ -48,10 +50,18 @@ int main(int argc, char** argv) {
     memoreel::add_generate_command(app);
     memoreel::add_bench_command(app);
     memoreel::add_data_command(app);
+    memoreel::add_train_command(app);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
-        return app.exit(e);
+        // Through string streams, not std::cout/std::cerr: a reference to those from the executable makes the
+        // linker copy them into it, and SentencePiece (dlopen'ed with RTLD_DEEPBIND, see model/tokenizer.h)
+        // would then write to libstdc++'s never-constructed originals and crash.
+        std::ostringstream out, err;
+        const int code = app.exit(e, out, err);
+        std::fputs(out.str().c_str(), stdout);
+        std::fputs(err.str().c_str(), stderr);
+        return code;
     } catch (const c10::Error& e) {
         // LibTorch's own checks: print the message without the C++ backtrace.
         spdlog::error("{}", e.what_without_backtrace());

@@ -22,10 +22,12 @@ std::string format_seconds(double s) {
 
 }  // namespace
 
-ProgressBar::ProgressBar(std::string label, int64_t total, std::string unit)
+ProgressBar::ProgressBar(std::string label, int64_t total, std::string unit, int64_t start)
     : label_(std::move(label)),
       total_(total),
       unit_(std::move(unit)),
+      done_(start),
+      start_done_(start),
       tty_(::isatty(STDERR_FILENO) != 0),
       start_(std::chrono::steady_clock::now()),
       last_draw_(start_) {
@@ -65,7 +67,7 @@ void ProgressBar::draw(bool force) {
     drawn_done_ = done_;
     drawn_suffix_ = suffix_;
     const double elapsed = std::chrono::duration<double>(now - start_).count();
-    const double rate = elapsed > 0 ? done_ / elapsed : 0.0;
+    const double rate = elapsed > 0 ? (done_ - start_done_) / elapsed : 0.0;
     const double eta = (rate > 0 && total_ > done_) ? (total_ - done_) / rate : 0.0;
     const double frac = total_ > 0 ? static_cast<double>(done_) / total_ : 1.0;
     constexpr int kWidth = 28;

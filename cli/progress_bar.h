@@ -10,7 +10,8 @@ namespace memoreel {
 
 class ProgressBar {
   public:
-    ProgressBar(std::string label, int64_t total, std::string unit = "it");
+    // start: the position work begins at (a resumed run), so rate and ETA count only this run's work.
+    ProgressBar(std::string label, int64_t total, std::string unit = "it", int64_t start = 0);
     ~ProgressBar();
     // Sets the position (absolute) and an optional suffix such as "loss 0.123".
     void update(int64_t done, const std::string& suffix = "");
@@ -23,6 +24,7 @@ class ProgressBar {
     int64_t total_;
     std::string unit_;
     int64_t done_ = 0;
+    int64_t start_done_ = 0;
     std::string suffix_;
     bool tty_;
     bool finished_ = false;

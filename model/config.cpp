@@ -5,69 +5,13 @@
 
 #include <set>
 
+#include "model/json_fields.h"
 #include "model/json_util.h"
 #include "model/safetensors.h"
 
 namespace memoreel {
 
 namespace {
-
-// Reads optional fields with type checks; every error names the file (where) and the field.
-class Fields {
-  public:
-    Fields(const nlohmann::json& j, std::string where, std::string section)
-        : j_(j), where_(std::move(where)), section_(std::move(section)) {
-        if (!j_.is_object())
-            fail("", "must be a JSON object");
-    }
-    [[noreturn]] void fail(const std::string& field, const std::string& what) const {
-        std::string name = section_.empty() ? field : (field.empty() ? section_ : section_ + "." + field);
-        throw CheckpointError(where_, "", (name.empty() ? "" : "field '" + name + "': ") + what);
-    }
-    template <typename T>
-    void get(const char* field, T& out) {
-        seen_.insert(field);
-        if (!j_.contains(field))
-            return;
-        const auto& v = j_.at(field);
-        // nlohmann converts 33.9 to 33 and 1e300 to undefined behaviour; integers must be written as
-        // integers.
-        if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
-            if (!v.is_number_integer())
-                fail(field, "must be an integer (is " + std::string(v.type_name()) + ")");
-        }
-        if constexpr (std::is_same_v<T, std::vector<int64_t>>) {
-            if (!v.is_array())
-                fail(field, "must be an array of integers");
-            for (const auto& e : v)
-                if (!e.is_number_integer())
-                    fail(field, "must be an array of integers");
-        }
-        try {
-            out = v.get<T>();
-        } catch (const nlohmann::json::exception&) {
-            fail(field, "has the wrong type (" + std::string(v.type_name()) + ")");
-        }
-    }
-    // Fields that are read elsewhere (nested sections) or accepted for compatibility with official files.
-    void accept(std::initializer_list<const char*> fields) {
-        for (auto f : fields)
-            seen_.insert(f);
-    }
-    // Unknown keys are errors: a typo in a config must not silently fall back to a default.
-    void reject_unknown() const {
-        for (auto it = j_.begin(); it != j_.end(); ++it) {
-            if (!seen_.count(it.key()) && it.key().rfind("_", 0) != 0)
-                fail(it.key(), "unknown field");
-        }
-    }
-
-  private:
-    const nlohmann::json& j_;
-    std::string where_;
-    std::string section_;
-    std::set<std::string> seen_;
-};
 
 void require(bool ok, const std::string& where, const std::string& what) {
     if (!ok)
@@ -85,7 +29,7 @@ constexpr size_t kMaxVaeLevels = 8;
 
 WanDiTConfig WanDiTConfig::from_json(const nlohmann::json& j, const std::string& where) {
     WanDiTConfig c;
-    Fields f(j, where, "dit");
+    JsonFields f(j, where, "dit");
     std::vector<int64_t> patch(c.patch_size.begin(), c.patch_size.end());
     f.get("model_type", c.model_type);
     f.get("patch_size", patch);
@@ -195,7 +139,7 @@ WanVAEConfig WanVAEConfig::wan22() {
 }
 
 WanVAEConfig WanVAEConfig::from_json(const nlohmann::json& j, const std::string& where) {
-    Fields f(j, where, "vae");
+    JsonFields f(j, where, "vae");
     std::string version = "2.2";
     f.get("version", version);
     // Start from the official configuration of that version; "normalization": "official" keeps its constants.
@@ -263,7 +207,7 @@ void WanVAEConfig::validate(const std::string& where) const {
 
 UMT5Config UMT5Config::from_json(const nlohmann::json& j, const std::string& where) {
     UMT5Config c;
-    Fields f(j, where, "text_encoder");
+    JsonFields f(j, where, "text_encoder");
     f.get("vocab", c.vocab);
     f.get("dim", c.dim);
     f.get("dim_attn", c.dim_attn);
@@ -326,7 +270,7 @@ SamplerConfig SamplerConfig::with(const SamplingOverrides& o) const {
 
 SamplerConfig SamplerConfig::from_json(const nlohmann::json& j, const std::string& where) {
     SamplerConfig c;
-    Fields f(j, where, "sampler");
+    JsonFields f(j, where, "sampler");
     f.get("solver", c.solver);
     f.get("steps", c.steps);
     f.get("shift", c.shift);
@@ -366,7 +310,7 @@ ModelConfig ModelConfig::load(const std::string& path) {
 ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& where) {
     ModelConfig c;
     c.source_path = where;
-    Fields f(j, where, "");
+    JsonFields f(j, where, "");
     f.get("name", c.name);
     if (c.name.empty())
         f.fail("name", "is required");
@@ -383,7 +327,7 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& w
     if (j.contains("sampler"))
         c.sampler = SamplerConfig::from_json(j["sampler"], where);
     if (j.contains("video")) {
-        Fields v(j["video"], where, "video");
+        JsonFields v(j["video"], where, "video");
         v.get("width", c.width);
         v.get("height", c.height);
         v.get("fps", c.fps);
@@ -391,7 +335,7 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& w
         v.reject_unknown();
     }
     if (j.contains("weights")) {
-        Fields w(j["weights"], where, "weights");
+        JsonFields w(j["weights"], where, "weights");
         w.get("dit", c.dit_weights);
         w.get("vae", c.vae_weights);
         w.get("text_encoder", c.text_encoder_weights);
@@ -400,8 +344,16 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& w
         w.reject_unknown();
     }
     if (j.contains("memory")) {
-        Fields m(j["memory"], where, "memory");
+        JsonFields m(j["memory"], where, "memory");
         m.get("rates", c.memory_rates);
+        m.get("weights", c.memory_weights);
+        m.get("lora", c.lora_weights);
+        if (j["memory"].contains("encoder")) {
+            c.memory_encoder = j["memory"]["encoder"];
+            if (!c.memory_encoder.is_object())
+                m.fail("encoder", "must be a JSON object (the memory encoder's settings)");
+        }
+        m.accept({"encoder"});
         m.reject_unknown();
         // Each entry "AxBxC" with A, B, C in {1, 2, 4, 8} (the encoder's own validation says the same).
         std::string entry;
@@ -435,7 +387,18 @@ nlohmann::json ModelConfig::to_json() const {
               {"text_encoder", text_encoder_weights},
               {"tokenizer", tokenizer},
               {"allow_random", allow_random_weights}}},
-            {"memory", {{"rates", memory_rates}}}};
+            {"memory", memory_json()}};
+}
+
+nlohmann::json ModelConfig::memory_json() const {
+    nlohmann::json m = {{"rates", memory_rates}};
+    if (!memory_encoder.is_null())
+        m["encoder"] = memory_encoder;
+    if (!memory_weights.empty())
+        m["weights"] = memory_weights;
+    if (!lora_weights.empty())
+        m["lora"] = lora_weights;
+    return m;
 }
 
 void ModelConfig::validate() const {

@@ -123,10 +123,17 @@ struct ModelConfig {
     // and layer whatever the width, a section token ~12*dim^2, so a narrow model needs a coarser memory to
     // keep its section latency flat (see README, bench memory).
     std::string memory_rates = "4x4x2";
+    // Trained memory ("memory": {"encoder", "weights", "lora"}): the encoder's settings (MemoryEncoderConfig
+    // JSON; its rates are memory_rates'), its weights, and the DiT's LoRA adapters trained with it. Weight
+    // paths resolve like the others. Empty: no trained memory (sessions use a seeded encoder if allowed).
+    nlohmann::json memory_encoder;
+    std::string memory_weights;
+    std::string lora_weights;
 
     static ModelConfig load(const std::string& path);
     static ModelConfig from_json(const nlohmann::json& j, const std::string& where);
     nlohmann::json to_json() const;
+    nlohmann::json memory_json() const;
     void validate() const;
 };
 

@@ -10,7 +10,7 @@ PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git
   libtorch-dev libopenblas0-openmp
   libboost-dev nlohmann-json3-dev libspdlog-dev libcli11-dev doctest-dev
-  libsentencepiece-dev sentencepiece
+  libsentencepiece-dev sentencepiece libgloo-dev
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev ffmpeg
 )
 

@@ -64,9 +64,9 @@ struct Character {
 struct Place {
     int id = 0;
     PlaceKind kind = PlaceKind::kRoom;
-    Colour primary;            // names the place: "the red room"
-    Colour secondary;          // floor, sand, ground, road
-    uint64_t layout_seed = 0;  // window/tree/house positions, texture phase
+    Colour primary;              // names the place: "the red room"
+    Colour secondary;            // floor, sand, ground, road
+    uint64_t layout_seed = 0;    // window/tree/house positions, texture phase
     bool colour_in_name = true;  // rooms and streets always; other kinds only when the world has several
 
     std::string name() const;  // "red room", "beach", "green forest" ...

@@ -1,0 +1,226 @@
+// `memoreel train`: exact resume after a kill, divergence detection, data-parallel replicas, and every stage
+// end to end on a small model (the tiny architecture at 64x64) into a model folder that `generate` loads.
+#include <nlohmann/json.hpp>
+
+#include <unistd.h>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "model/checkpoint.h"
+#include "model/json_util.h"
+#include "tests/test_support.h"
+#include "training/train_config.h"
+
+using namespace memoreel;
+namespace fs = std::filesystem;
+
+namespace {
+
+// The tiny model at 64x64, so that every stage runs in seconds.
+std::string small_model(const test::TempDir& dir) {
+    nlohmann::json j = read_json_file(test::source_dir() + "/configs/models/memoreel-tiny.json");
+    j["video"] = {{"width", 64}, {"height", 64}, {"fps", 16}, {"frames", 9}};
+    const std::string path = dir.file("small-model.json");
+    write_file_atomic(path, j.dump(2));
+    return path;
+}
+
+nlohmann::json vae_config(const std::string& model) {
+    return {{"stage", "vae"},
+            {"model", model},
+            {"steps", 4},
+            {"batch", 1},
+            {"lr", 1e-3},
+            {"seed", 7},
+            {"log_every", 1},
+            {"checkpoint_every", 1},
+            {"keep_checkpoints", 10},
+            {"data", {{"world", {{"stories", 3}, {"seed", 1}, {"seconds", 4}}}}},
+            {"options", {{"frames", 5}, {"crop", {32, 32}}, {"sample_frames", 5}}}};
+}
+
+std::string write_config(const test::TempDir& dir, const std::string& name, const nlohmann::json& j) {
+    const std::string path = dir.file(name + ".json");
+    write_file_atomic(path, j.dump(2));
+    return path;
+}
+
+test::CommandResult train(const std::string& stage,
+                          const std::string& config,
+                          const std::string& run,
+                          const std::string& extra = "") {
+    return test::run_command(test::memoreel_binary() + " --threads 1 train " + stage + " --config '" +
+                             config + "' --run '" + run + "' " + extra);
+}
+
+// step -> loss, and the number of lines per step (a resumed run must not repeat steps).
+std::map<int64_t, double> losses(const std::string& metrics, std::map<int64_t, int>* lines = nullptr) {
+    std::map<int64_t, double> out;
+    std::ifstream in(metrics);
+    std::string line;
+    while (std::getline(in, line)) {
+        const auto j = nlohmann::json::parse(line);
+        if (!j.contains("loss"))
+            continue;
+        out[j["step"]] = j["loss"];
+        if (lines)
+            ++(*lines)[j["step"]];
+    }
+    return out;
+}
+
+double weights_max_diff(const std::string& a, const std::string& b) {
+    const TensorSource sa = TensorSource::open(a), sb = TensorSource::open(b);
+    REQUIRE(sa.names() == sb.names());
+    double d = 0;
+    for (const auto& n : sa.names())
+        d = std::max(d, test::max_abs_diff(sa.get(n), sb.get(n)));
+    return d;
+}
+
+}  // namespace
+
+TEST_SUITE("train") {
+    TEST_CASE("a killed run resumes and computes the same steps as an uninterrupted one") {
+        test::TempDir dir;
+        const std::string config = write_config(dir, "vae", vae_config(small_model(dir)));
+        auto whole = train("vae", config, dir.file("whole"));
+        REQUIRE_MESSAGE(whole.status == 0, whole.output);
+
+        auto killed = train("vae", config, dir.file("killed"), "--exit-after 2");
+        CHECK(killed.status != 0);  // ended abruptly, as SIGKILL would
+        CHECK_FALSE(fs::exists(dir.file("killed/model/model.json")));
+        auto resumed = train("vae", config, dir.file("killed"));
+        REQUIRE_MESSAGE(resumed.status == 0, resumed.output);
+        CHECK(resumed.output.find("resumed from") != std::string::npos);
+
+        std::map<int64_t, int> lines;
+        const auto a = losses(dir.file("whole/vae/metrics.jsonl"));
+        const auto b = losses(dir.file("killed/vae/metrics.jsonl"), &lines);
+        REQUIRE(a.size() == 4);
+        REQUIRE(b.size() == 4);
+        for (int64_t s = 1; s <= 4; ++s) {
+            CHECK_MESSAGE(a.at(s) == b.at(s), "step " << s << ": " << a.at(s) << " vs " << b.at(s));
+            CHECK(lines[s] == 1);
+        }
+        CHECK(weights_max_diff(dir.file("whole/vae/checkpoints/step-00000004/weights.safetensors"),
+                               dir.file("killed/vae/checkpoints/step-00000004/weights.safetensors")) == 0.0);
+        CHECK(weights_max_diff(dir.file("whole/vae/checkpoints/step-00000004/optimizer.safetensors"),
+                               dir.file("killed/vae/checkpoints/step-00000004/optimizer.safetensors")) ==
+              0.0);
+        CHECK(fs::exists(dir.file("killed/model/vae.safetensors")));
+        CHECK(fs::exists(dir.file("killed/vae/samples/step-00000004.mp4")));
+    }
+
+    TEST_CASE("divergence stops the run with a clear message and keeps the last good checkpoint") {
+        test::TempDir dir;
+        nlohmann::json j = vae_config(small_model(dir));
+        j["lr"] = 5.0;  // AdamW moves every weight by ~5 per step: the reconstruction explodes
+        j["steps"] = 30;
+        j["grad_clip"] = 0.0;
+        j["divergence_loss"] = 50.0;
+        const std::string config = write_config(dir, "vae", j);
+        const auto r = train("vae", config, dir.file("run"));
+        CHECK(r.status != 0);
+        CHECK_MESSAGE(r.output.find("training diverged at step") != std::string::npos, r.output);
+        CHECK(r.output.find("last good checkpoint") != std::string::npos);
+        CHECK_FALSE(fs::exists(dir.file("run/model/model.json")));
+        const std::string latest = dir.file("run/vae/checkpoints/latest.json");
+        if (fs::exists(latest)) {
+            const auto l = read_json_file(latest);
+            const TensorSource w = TensorSource::open(
+                dir.file("run/vae/checkpoints/" + l["dir"].get<std::string>() + "/weights.safetensors"));
+            for (const auto& n : w.names())
+                CHECK_MESSAGE(torch::isfinite(w.get(n)).all().item<bool>(), n);
+        }
+    }
+
+    TEST_CASE("two data-parallel processes (Gloo) keep identical replicas") {
+        test::TempDir dir;
+        nlohmann::json j = vae_config(small_model(dir));
+        j["steps"] = 3;
+        const std::string config = write_config(dir, "vae", j);
+        const int port = 20000 + static_cast<int>(::getpid() % 20000);
+        const std::string env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port);
+        const std::string cmd = test::memoreel_binary() + " --threads 1 train vae --config '" + config +
+                                "' --run '" + dir.file("run") + "'";
+        const auto r = test::run_command("sh -c \"env RANK=1 " + env + " " + cmd + " > '" +
+                                         dir.file("rank1.log") + "' 2>&1 & env RANK=0 " + env + " " + cmd +
+                                         "; s=\\$?; wait \\$!; s1=\\$?; " + "exit \\$((s + s1))\"");
+        const std::string log1 = test::run_command("cat '" + dir.file("rank1.log") + "'").output;
+        REQUIRE_MESSAGE(r.status == 0, r.output << "\n--- rank 1 ---\n" << log1);
+        CHECK(r.output.find("rank 0 of 2 (gloo") != std::string::npos);
+        CHECK(log1.find("rank 1 of 2 (gloo") != std::string::npos);
+        // Each process compares its parameters with the mean over both; print the checksums too.
+        const auto checksum = [](const std::string& log) {
+            const auto at = log.find("replica checksum ");
+            return at == std::string::npos ? std::string() : log.substr(at + 17, log.find(',', at) - at - 17);
+        };
+        CHECK(r.output.find("replicas identical") != std::string::npos);
+        CHECK(log1.find("replicas identical") != std::string::npos);
+        CHECK(!checksum(r.output).empty());
+        CHECK(checksum(r.output) == checksum(log1));
+        // Two processes average two examples per step: not the single-process run.
+        const auto single = train("vae", config, dir.file("single"));
+        REQUIRE_MESSAGE(single.status == 0, single.output);
+        CHECK(weights_max_diff(dir.file("run/vae/checkpoints/step-00000003/weights.safetensors"),
+                               dir.file("single/vae/checkpoints/step-00000003/weights.safetensors")) > 0.0);
+    }
+
+    TEST_CASE("every stage trains into one model folder that generate loads") {
+        test::TempDir dir;
+        const std::string model = small_model(dir);
+        const std::string run = dir.file("run");
+        const nlohmann::json world = {{"stories", 2}, {"seed", 1}, {"seconds", 3}};
+        const auto stage = [&](const std::string& name, nlohmann::json options, int64_t steps = 2) {
+            nlohmann::json j = {
+                {"stage", name},         {"model", model}, {"steps", steps}, {"lr", 1e-4},
+                {"checkpoint_every", 1}, {"log_every", 1}, {"seed", 3},      {"data", {{"world", world}}},
+                {"options", options}};
+            const auto r = train(name, write_config(dir, name, j), run);
+            REQUIRE_MESSAGE(r.status == 0, name << ":\n" << r.output);
+            return r;
+        };
+        const auto tok = stage("tokenizer", {{"vocab_size", 200}});
+        CHECK(tok.output.find("pieces from") != std::string::npos);
+        stage("vae", {{"frames", 5}, {"crop", {32, 32}}, {"sample_frames", 5}});
+        auto m = read_json_file(run + "/model/model.json");
+        CHECK(m["weights"]["vae"] == "vae.safetensors");
+        CHECK(m["weights"]["tokenizer"] == "tokenizer.model");
+        CHECK(m["vae"]["mean"].size() == 16);  // the latent normalisation measured on export
+        stage("base", {{"section_latents", 2}, {"sample_seconds", 0.3}});
+        CHECK(fs::exists(run + "/base/samples/step-00000002.mp4"));
+        CHECK(fs::exists(run + "/latents/world/world-000001.safetensors"));
+        m = read_json_file(run + "/model/model.json");
+        CHECK(m["weights"]["allow_random"] == false);  // every network now has weights
+        stage("memory", {{"history_seconds", {1.0, 2.5}}, {"targets", 2}, {"lora_rank", 4}});
+        m = read_json_file(run + "/model/model.json");
+        CHECK(m["memory"]["weights"] == "memory_encoder.safetensors");
+        CHECK(m["memory"]["lora"] == "lora.safetensors");
+        const auto ar =
+            stage("ar", {{"history_seconds", {0.5, 2.0}}, {"section_latents", 2}, {"lora_rank", 4}});
+        CHECK(ar.output.find("starting from the run's memory encoder") != std::string::npos);
+
+        const auto g = test::run_command(
+            test::memoreel_binary() + " --threads 1 generate --model '" + run +
+            "/model/model.json' --prompt 'the red fox' --seconds 1 --section-frames 2 --out '" +
+            dir.file("out.mp4") + "'");
+        REQUIRE_MESSAGE(g.status == 0, g.output);
+        CHECK(g.output.find("(trained)") != std::string::npos);
+        CHECK(fs::exists(dir.file("out.mp4")));
+    }
+
+    TEST_CASE("train configs: bad fields are named") {
+        CHECK_THROWS_WITH(TrainConfig::from_json({{"stage", "vea"}}, "x.json"), doctest::Contains("stage"));
+        CHECK_THROWS_WITH(TrainConfig::from_json({{"stage", "vae"}, {"lr", -1.0}}, "x.json"),
+                          doctest::Contains("'lr'"));
+        CHECK_THROWS_WITH(TrainConfig::from_json({{"stage", "vae"}, {"stpes", 3}}, "x.json"),
+                          doctest::Contains("unknown field"));
+        TrainConfig c =
+            TrainConfig::from_json({{"stage", "base"}, {"steps", 100}, {"warmup", 10}, {"lr", 1.0}}, "x");
+        CHECK(scheduled_lr(c, 5) == doctest::Approx(0.5));
+        CHECK(scheduled_lr(c, 10) == doctest::Approx(1.0));
+        CHECK(scheduled_lr(c, 100) == doctest::Approx(c.final_lr_ratio));
+    }
+}

@@ -1,0 +1,164 @@
+// The base stage: the DiT (and the text encoder) trained for text-to-video on sections of the latent cache,
+// with TI2V's first-frame conditioning on a fraction of samples and caption dropout (the empty caption is the
+// tiny model's negative prompt, so classifier-free guidance has a trained unconditional branch). The caption
+// of a section is the storyboard entry in force at its start; real clips, which have no captions, train the
+// unconditional branch.
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+
+#include "model/json_fields.h"
+#include "model/json_util.h"
+#include "model/memory_objectives.h"
+#include "model/umt5.h"
+#include "training/stages.h"
+#include "training/world.h"
+
+namespace fs = std::filesystem;
+
+namespace memoreel {
+
+namespace {
+
+struct BaseStageOptions {
+    int64_t section_latents = 4;
+    double first_frame_probability = 0.2;
+    double caption_dropout = 0.1;
+    bool train_text_encoder = true;
+    double sigma_mean = 0.0;
+    double sigma_std = 1.0;
+    double sigma_shift = 1.0;
+    double media_fraction = 0.2;
+    double sample_seconds = 2.0;
+    uint64_t sample_seed = 900001;
+};
+
+class BaseStage : public TrainStage {
+  public:
+    explicit BaseStage(const StageEnvironment& env) : env_(env) {
+        const std::string where = env.config.source_path;
+        JsonFields f(env.config.options, where, "options");
+        f.get("section_latents", o_.section_latents);
+        f.get("first_frame_probability", o_.first_frame_probability);
+        f.get("caption_dropout", o_.caption_dropout);
+        f.get("train_text_encoder", o_.train_text_encoder);
+        f.get("sigma_mean", o_.sigma_mean);
+        f.get("sigma_std", o_.sigma_std);
+        f.get("sigma_shift", o_.sigma_shift);
+        f.get("media_fraction", o_.media_fraction);
+        f.get("sample_seconds", o_.sample_seconds);
+        f.get("sample_seed", o_.sample_seed);
+        f.reject_unknown();
+        if (o_.section_latents < 1 || o_.section_latents > 64)
+            f.fail("section_latents", "must be in [1, 64]");
+        JsonFields d(env.config.data, where, "data");
+        d.accept({"world", "media"});
+        d.reject_unknown();
+        model_ = env.load_model();
+        const auto folders = ensure_latent_cache(env, *model_, world_data_options(env.config.data, where),
+                                                 media_data_options(env.config.data, where));
+        for (const auto& folder : folders)
+            (folder.find("/media-") != std::string::npos ? media_ : world_)
+                .push_back(std::make_unique<LatentClips>(std::vector<std::string>{folder}));
+        for (torch::nn::Module* m : trained_modules()) {
+            m->train();
+            for (auto& p : m->parameters())
+                p.set_requires_grad(true);
+        }
+    }
+
+    std::vector<torch::nn::Module*> trained_modules() {
+        std::vector<torch::nn::Module*> out{&model_->dit()};
+        if (o_.train_text_encoder)
+            out.push_back(reinterpret_cast<torch::nn::Module*>(&model_->text_encoder()));
+        return out;
+    }
+
+    std::vector<std::pair<std::string, torch::Tensor>> trainable() override {
+        std::vector<std::pair<std::string, torch::Tensor>> out;
+        for (const auto& p : model_->dit().named_parameters())
+            out.emplace_back("dit." + p.key(), p.value());
+        if (o_.train_text_encoder)
+            for (const auto& p : model_->text_encoder().named_parameters())
+                out.emplace_back("text_encoder." + p.key(), p.value());
+        return out;
+    }
+
+    StepOutput forward(int64_t, torch::Generator& gen) override {
+        std::vector<torch::Tensor> sections;
+        std::vector<std::string> captions;
+        for (int64_t b = 0; b < env_.config.batch; ++b) {
+            const bool media = !media_.empty() && (world_.empty() || draw_uniform(gen) < o_.media_fraction);
+            const LatentClips& clips = *(media ? media_ : world_)[0];
+            const int64_t i = clips.draw(gen, o_.section_latents);
+            const CachedClip& clip = clips.clip(i);
+            const int64_t start = draw_index(clip.latents.size(1) - o_.section_latents + 1, gen);
+            sections.push_back(clip.latents.slice(1, start, start + o_.section_latents).to(torch::kFloat32));
+            const std::string caption =
+                clips.storyboard(i).empty()
+                    ? std::string()
+                    : clips.storyboard(i).in_force(latent_frame_seconds(start, clip.fps));
+            captions.push_back(draw_uniform(gen) < o_.caption_dropout ? std::string() : caption);
+        }
+        const torch::Tensor latents = torch::stack(sections).to(env_.device);
+        const torch::Tensor text = embed_captions(*model_, captions);
+        BaseOptions bo;
+        bo.sigma.mean = o_.sigma_mean;
+        bo.sigma.std = o_.sigma_std;
+        bo.sigma.shift = o_.sigma_shift;
+        bo.first_frame_probability = o_.first_frame_probability;
+        const FlowLoss fl = base_loss(model_->dit(), latents, text, bo, gen);
+        return {fl.loss, {}};
+    }
+
+    // Text-to-video from the first captions of a held-out story, with the model's own sampler.
+    void sample(int64_t step, const std::string& dir) override {
+        for (torch::nn::Module* m : trained_modules())
+            m->eval();
+        world::Story story = world::Story::generate(o_.sample_seed, {});
+        const ModelConfig& c = model_->config();
+        GenerateRequest req;
+        req.frames = 1 + 4 * ((static_cast<int64_t>(o_.sample_seconds * c.fps) - 1) / 4);
+        req.width = c.width;
+        req.height = c.height;
+        req.seed = o_.sample_seed;
+        nlohmann::json captions = nlohmann::json::array();
+        std::vector<torch::Tensor> clips;
+        for (size_t s = 0; s < std::min<size_t>(2, story.shots.size()); ++s) {
+            req.prompt = story.shots[s].caption;
+            captions.push_back(req.prompt);
+            clips.push_back(model_->generate(req));
+        }
+        for (torch::nn::Module* m : trained_modules())
+            m->train();
+        char name[64];
+        std::snprintf(name, sizeof(name), "step-%08lld", static_cast<long long>(step));
+        write_video((fs::path(dir) / (std::string(name) + ".mp4")).string(), torch::cat(clips, 1),
+                    static_cast<int>(c.fps));
+        write_file_atomic((fs::path(dir) / (std::string(name) + ".json")).string(),
+                          nlohmann::json{{"step", step}, {"captions", captions}}.dump(2) + "\n");
+    }
+
+    void export_model(const std::string& model_dir) override {
+        ModelConfig c = model_->config();
+        save_network(model_dir, "dit.safetensors", model_->dit());
+        c.dit_weights = "dit.safetensors";
+        save_network(model_dir, "text_encoder.safetensors", model_->text_encoder());
+        c.text_encoder_weights = "text_encoder.safetensors";
+        save_run_model_config(model_dir, c);
+    }
+
+  private:
+    StageEnvironment env_;
+    BaseStageOptions o_;
+    std::unique_ptr<VideoModel> model_;
+    std::vector<std::unique_ptr<LatentClips>> world_, media_;
+};
+
+}  // namespace
+
+std::unique_ptr<TrainStage> make_base_stage(const StageEnvironment& env) {
+    return std::make_unique<BaseStage>(env);
+}
+
+}  // namespace memoreel

@@ -1,0 +1,193 @@
+#include "training/stage_common.h"
+
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "model/checkpoint.h"
+#include "model/json_fields.h"
+#include "model/json_util.h"
+#include "model/tokenizer.h"
+#include "model/umt5.h"
+#include "model/wan_dit.h"
+#include "stream/video_file_writer.h"
+#include "training/distributed.h"
+
+namespace fs = std::filesystem;
+
+namespace memoreel {
+
+std::string StageEnvironment::model_dir() const {
+    return (fs::path(run_dir) / "model").string();
+}
+std::string StageEnvironment::stage_dir() const {
+    return (fs::path(run_dir) / config.stage).string();
+}
+std::string StageEnvironment::model_config_path() const {
+    return (fs::path(model_dir()) / "model.json").string();
+}
+bool StageEnvironment::has_run_model() const {
+    return fs::exists(model_config_path());
+}
+ModelConfig StageEnvironment::model_config() const {
+    return ModelConfig::load(has_run_model() ? model_config_path() : config.model);
+}
+std::string StageEnvironment::weights_dir() const {
+    return has_run_model() ? model_dir() : std::string();
+}
+std::unique_ptr<VideoModel> StageEnvironment::load_model() const {
+    return std::make_unique<VideoModel>(model_config(), weights_dir(), device, torch::kFloat32);
+}
+
+void save_run_model_config(const std::string& model_dir, ModelConfig config) {
+    fs::create_directories(model_dir);
+    const bool complete = !config.dit_weights.empty() && !config.vae_weights.empty() &&
+                          !config.text_encoder_weights.empty() && config.tokenizer != "byte";
+    config.allow_random_weights = !complete;
+    write_file_atomic((fs::path(model_dir) / "model.json").string(), config.to_json().dump(2) + "\n");
+}
+
+void save_network(const std::string& model_dir, const std::string& file, const torch::nn::Module& module) {
+    fs::create_directories(model_dir);
+    save_tensors((fs::path(model_dir) / file).string(), module_tensors(module), {{"format", "pt"}},
+                 torch::kFloat32);
+}
+
+WorldDataOptions world_data_options(const nlohmann::json& data, const std::string& where) {
+    WorldDataOptions o;
+    if (!data.contains("world"))
+        return o;
+    JsonFields f(data["world"], where, "data.world");
+    f.get("stories", o.stories);
+    f.get("seed", o.seed);
+    f.get("seconds", o.seconds);
+    f.reject_unknown();
+    if (o.stories < 0 || o.stories > 10000000)
+        f.fail("stories", "must be in [0, 1e7]");
+    if (!(o.seconds >= 1 && o.seconds <= 3600))
+        f.fail("seconds", "must be in [1, 3600]");
+    return o;
+}
+
+MediaDataOptions media_data_options(const nlohmann::json& data, const std::string& where) {
+    MediaDataOptions o;
+    if (!data.contains("media"))
+        return o;
+    JsonFields f(data["media"], where, "data.media");
+    f.get("manifest", o.manifest);
+    f.get("split", o.split);
+    f.get("window_seconds", o.window_seconds);
+    f.reject_unknown();
+    if (!o.manifest.empty() && !fs::exists(o.manifest))
+        f.fail("manifest", o.manifest + " does not exist (run scripts/fetch_media.sh first)");
+    if (!(o.window_seconds >= 0.5 && o.window_seconds <= 3600))
+        f.fail("window_seconds", "must be in [0.5, 3600]");
+    return o;
+}
+
+torch::Tensor embed_captions(VideoModel& model, const std::vector<std::string>& captions) {
+    const ModelConfig& c = model.config();
+    const TokenizedText tokens = model.tokenizer().encode(captions, c.text_encoder.text_len);
+    const torch::Tensor ids = tokens.ids.to(model.device());
+    const torch::Tensor mask = tokens.mask.to(model.device());
+    const torch::Tensor hidden = model.text_encoder().forward(ids, mask);  // [B, L, dim]
+    std::vector<torch::Tensor> per_sample;
+    for (size_t i = 0; i < captions.size(); ++i) {
+        const int64_t len =
+            std::min<int64_t>(tokens.mask[static_cast<int64_t>(i)].sum().item<int64_t>(), c.dit.text_len);
+        per_sample.push_back(hidden[static_cast<int64_t>(i)].slice(0, 0, len));
+    }
+    return model.dit().embed_text(per_sample);
+}
+
+void write_video(const std::string& path, const torch::Tensor& frames, int fps) {
+    const torch::Tensor rgb = video_to_rgb24(frames.detach().cpu().to(torch::kFloat32));  // [T, H, W, 3]
+    VideoFileOptions o;
+    o.width = static_cast<int>(rgb.size(2));
+    o.height = static_cast<int>(rgb.size(1));
+    o.fps = fps;
+    fs::create_directories(fs::path(path).parent_path());
+    VideoFileWriter writer(path, o);
+    for (int64_t t = 0; t < rgb.size(0); ++t)
+        writer.write_rgb(rgb[t].contiguous().data_ptr<uint8_t>());
+    writer.finish();
+}
+
+namespace {
+
+// FNV-1a of a file's bytes: ties a cache to the exact VAE weights that made it.
+std::string file_digest(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in)
+        throw CheckpointError(path, "", "cannot be read");
+    uint64_t h = 0xcbf29ce484222325ull;
+    std::vector<char> buf(1 << 20);
+    while (in) {
+        in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+        for (std::streamsize i = 0; i < in.gcount(); ++i) {
+            h ^= static_cast<unsigned char>(buf[static_cast<size_t>(i)]);
+            h *= 0x100000001b3ull;
+        }
+    }
+    char text[32];
+    std::snprintf(text, sizeof(text), "%016llx", static_cast<unsigned long long>(h));
+    return text;
+}
+
+}  // namespace
+
+std::vector<std::string> ensure_latent_cache(const StageEnvironment& env,
+                                             VideoModel& model,
+                                             const WorldDataOptions& world,
+                                             const MediaDataOptions& media) {
+    const ModelConfig& c = model.config();
+    const std::string vae_file =
+        c.vae_weights.empty() ? std::string() : (fs::path(env.weights_dir()) / c.vae_weights).string();
+    const std::string vae_id = vae_file.empty() ? "seeded-random" : file_digest(vae_file);
+    std::vector<std::string> folders;
+    const auto one = [&](const std::string& name, const WorldDataOptions& w, const MediaDataOptions& m) {
+        const std::string folder = (fs::path(env.run_dir) / "latents" / name).string();
+        const std::string stamp = (fs::path(folder) / "vae.json").string();
+        if (env.rank == 0) {
+            if (fs::exists(stamp)) {
+                const std::string was = read_json_file(stamp).value("vae", "");
+                if (was != vae_id)
+                    throw CheckpointError(folder, "",
+                                          "was encoded by other VAE weights (" + was + ", now " + vae_id +
+                                              "): delete the folder to re-encode it");
+            }
+            fs::create_directories(folder);
+            write_file_atomic(stamp, nlohmann::json{{"vae", vae_id}, {"vae_file", vae_file}}.dump() + "\n");
+            torch::NoGradGuard no_grad;
+            int64_t last_logged = -1;
+            const int64_t written = build_latent_cache(
+                model.vae(), folder, w, m, static_cast<int>(c.width), static_cast<int>(c.height),
+                static_cast<int>(c.fps), torch::kBFloat16,
+                [&](int64_t done, int64_t total, const std::string& clip) {
+                    if (done * 10 / total != last_logged) {
+                        last_logged = done * 10 / total;
+                        spdlog::info("latent cache {}: {}/{} ({})", name, done, total, clip);
+                    }
+                });
+            if (written > 0)
+                spdlog::info("latent cache {}: {} clips encoded", folder, written);
+        }
+        folders.push_back(folder);
+    };
+    if (world.stories > 0)
+        one("world", world, MediaDataOptions{});
+    if (!media.manifest.empty()) {
+        WorldDataOptions none;
+        none.stories = 0;
+        one("media-" + media.split, none, media);
+    }
+    if (env.parallel)
+        env.parallel->barrier();
+    if (folders.empty())
+        throw std::invalid_argument(env.config.source_path +
+                                    ": the data section names no world stories and no media");
+    return folders;
+}
+
+}  // namespace memoreel

@@ -1,0 +1,96 @@
+// Where the stages' examples come from.
+//  - PixelClips: RGB video windows for the VAE: procedural world stories rendered on the fly (by seed) and
+//  the
+//    fetched real clips of a manifest's split, held decoded in memory.
+//  - LatentClips: the latent cache of the DiT stages (world stories and real-clip windows encoded once), with
+//    the pixels behind any cached clip regenerated on demand (the memory encoder's LR branch needs pixels).
+//  - build_latent_cache: fills a cache folder (resumable, whole files only).
+// All randomness comes from the caller's generator.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/storyboard.h"
+#include "model/wan_vae.h"
+#include "training/latent_cache.h"
+
+namespace memoreel {
+
+struct WorldDataOptions {
+    int64_t stories = 0;  // stories with seeds [seed, seed + stories)
+    uint64_t seed = 1;
+    double seconds = 20;  // story length
+};
+
+struct MediaDataOptions {
+    std::string manifest;         // a scripts/fetch_media.sh manifest.json; empty: no real clips
+    std::string split = "train";  // the manifest split to use
+    double window_seconds = 10;   // cache windows
+};
+
+// Uniform integer in [0, n) from gen.
+int64_t draw_index(int64_t n, torch::Generator& gen);
+double draw_uniform(torch::Generator& gen);
+
+class PixelClips {
+  public:
+    PixelClips(WorldDataOptions world,
+               MediaDataOptions media,
+               double media_fraction,
+               int width,
+               int height,
+               int fps);
+    // A window of `frames` consecutive frames [3, frames, H, W] in [-1, 1], from a random source and time.
+    torch::Tensor sample(int64_t frames, torch::Generator& gen) const;
+    int64_t media_clips() const { return static_cast<int64_t>(media_.size()); }
+
+  private:
+    WorldDataOptions world_;
+    double media_fraction_;
+    int width_, height_, fps_;
+    std::vector<std::vector<std::vector<uint8_t>>> media_;  // clip -> frame -> RGB24
+};
+
+// Pixels [3, F, H, W] in [-1, 1] from RGB24 frames.
+torch::Tensor rgb_frames_to_tensor(const std::vector<const uint8_t*>& frames, int width, int height);
+
+// The cache folder's clips, in memory.
+class LatentClips {
+  public:
+    // Every *.safetensors of the folders (a missing or empty folder is an error naming it).
+    explicit LatentClips(const std::vector<std::string>& folders);
+    int64_t size() const { return static_cast<int64_t>(clips_.size()); }
+    const CachedClip& clip(int64_t i) const { return clips_.at(static_cast<size_t>(i)); }
+    const Storyboard& storyboard(int64_t i) const { return storyboards_.at(static_cast<size_t>(i)); }
+    // A random clip with at least min_latents latent frames (throws when there is none).
+    int64_t draw(torch::Generator& gen, int64_t min_latents = 1) const;
+    // Pixel frames [first, first + count) of clip i as [3, count, H, W] in [-1, 1]: a world story is rendered
+    // again from its seed, a media window decoded again from its file.
+    torch::Tensor pixels(int64_t i, int64_t first, int64_t count) const;
+
+  private:
+    std::vector<CachedClip> clips_;
+    std::vector<Storyboard> storyboards_;
+};
+
+// Encodes world stories and/or the manifest's clips of a split into `folder` (skipping files already there).
+// Returns the number of clips written. progress(done, total, name) is called after each clip.
+int64_t build_latent_cache(WanVAEImpl& vae,
+                           const std::string& folder,
+                           const WorldDataOptions& world,
+                           const MediaDataOptions& media,
+                           int width,
+                           int height,
+                           int fps,
+                           torch::Dtype dtype,
+                           const std::function<void(int64_t, int64_t, const std::string&)>& progress = {});
+
+// 1 + 4k frames that fit in `seconds` at fps (0 when none).
+int64_t cacheable_frames(double seconds, double fps);
+
+}  // namespace memoreel
