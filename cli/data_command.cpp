@@ -91,6 +91,7 @@ void run_cache(const CacheArgs& a) {
         media.split = a.split;
         media.window_seconds = a.seconds;
     }
+    const size_t before = std::filesystem::is_directory(a.out) ? list_cached_clips(a.out).size() : 0;
     std::unique_ptr<ProgressBar> bar;
     const int64_t written = build_latent_cache(
         model.vae(), a.out, world, media, static_cast<int>(config.width), static_cast<int>(config.height),
@@ -102,8 +103,7 @@ void run_cache(const CacheArgs& a) {
         });
     if (bar)
         bar->finish();
-    spdlog::info("latent cache {}: {} clips written, {} in all", a.out, written,
-                 list_cached_clips(a.out).size());
+    spdlog::info("latent cache {}: {} clips written, {} already there", a.out, written, before);
 }
 
 }  // namespace

@@ -19,7 +19,7 @@ torch::Tensor sample_section(WanDiTImpl& dit,
         const auto t = torch::full({cfg ? 2 : 1}, static_cast<double>(sampler.timestep(i)),
                                    torch::TensorOptions().device(x.device()));
         const auto input = cfg ? x.repeat({2, 1, 1, 1, 1}) : x;
-        const auto v = dit_velocity(dit, input, t, text, context);
+        const auto v = dit_velocity(dit, input, t, text, context, s.section_times);
         const auto guided = cfg ? cfg_combine(v.slice(0, 1, 2), v.slice(0, 0, 1), s.guidance) : v;
         x = sampler.step(guided, i, x);
         if (on_step)

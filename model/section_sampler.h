@@ -18,6 +18,9 @@ struct SectionSampling {
     torch::Tensor text_uncond;  // [1, text_len, dim]; undefined when guidance == 1
     double guidance = 1.0;
     const ContextAttention* context = nullptr;  // cached clean context (batch 1, shared by the CFG passes)
+    // [F] float64: each frame's time (latent frames, relative to the section), for frames that are not
+    // consecutive (retrieval at chosen history positions); undefined: 0, 1, ..., F-1.
+    torch::Tensor section_times;
 };
 
 // Runs every step of `sampler` (from its current step) and returns the final latents [1, C, F, h, w].

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include <unistd.h>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -209,6 +210,25 @@ TEST_SUITE("train") {
         REQUIRE_MESSAGE(g.status == 0, g.output);
         CHECK(g.output.find("(trained)") != std::string::npos);
         CHECK(fs::exists(dir.file("out.mp4")));
+
+        // eval retrieval on the trained memory: a table, and JSON with every bucket filled.
+        const auto e =
+            test::run_command(test::memoreel_binary() + " --threads 1 eval retrieval --model '" + run +
+                              "/model/model.json' --stories 1 --history-seconds 2 --positions 3 " +
+                              "--buckets 3 --steps 2 --out '" + dir.file("retrieval.json") + "'");
+        REQUIRE_MESSAGE(e.status == 0, e.output);
+        CHECK(e.output.find("overall") != std::string::npos);
+        const auto r = read_json_file(dir.file("retrieval.json"));
+        REQUIRE(r["models"].size() == 1);
+        const auto& row = r["models"][0];
+        CHECK(row["buckets"].size() == 3);
+        for (const auto& b : row["buckets"]) {
+            CHECK(b["frames"] == 1);
+            CHECK(std::isfinite(b["psnr"].get<double>()));
+            CHECK(b["ssim"].get<double>() <= 1.0);
+        }
+        CHECK(row["overall"]["frames"] == 3);
+        CHECK(r["metric"].get<std::string>().find("LPIPS not reported") != std::string::npos);
     }
 
     TEST_CASE("train configs: bad fields are named") {
