@@ -46,6 +46,18 @@ struct DataParallel::Impl {
     std::function<void(std::vector<at::Tensor>&, int)> broadcast;
     std::function<void()> barrier;
     c10::intrusive_ptr<c10::intrusive_ptr_target> keep;
+
+    template <typename Group>
+    void bind(const c10::intrusive_ptr<Group>& pg) {
+        allreduce = [pg](std::vector<at::Tensor>& t) { pg->allreduce(t)->wait(); };
+        broadcast = [pg](std::vector<at::Tensor>& t, int root) {
+            c10d::BroadcastOptions o;
+            o.rootRank = root;
+            pg->broadcast(t, o)->wait();
+        };
+        barrier = [pg] { pg->barrier()->wait(); };
+        keep = pg;
+    }
 };
 
 std::unique_ptr<DataParallel> DataParallel::from_environment(torch::Device device) {
@@ -76,15 +88,7 @@ DataParallel::DataParallel(int rank,
 
 #ifdef MEMOREEL_HAVE_NCCL
     if (device.is_cuda()) {
-        auto pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(impl_->store, rank, world_size);
-        impl_->allreduce = [pg](std::vector<at::Tensor>& t) { pg->allreduce(t)->wait(); };
-        impl_->broadcast = [pg](std::vector<at::Tensor>& t, int root) {
-            c10d::BroadcastOptions o;
-            o.rootRank = root;
-            pg->broadcast(t, o)->wait();
-        };
-        impl_->barrier = [pg] { pg->barrier()->wait(); };
-        impl_->keep = pg;
+        impl_->bind(c10::make_intrusive<c10d::ProcessGroupNCCL>(impl_->store, rank, world_size));
         backend_ = "nccl";
     }
 #endif
@@ -98,15 +102,7 @@ DataParallel::DataParallel(int rank,
             options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
         else
             options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
-        auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, rank, world_size, options);
-        impl_->allreduce = [pg](std::vector<at::Tensor>& t) { pg->allreduce(t)->wait(); };
-        impl_->broadcast = [pg](std::vector<at::Tensor>& t, int root) {
-            c10d::BroadcastOptions o;
-            o.rootRank = root;
-            pg->broadcast(t, o)->wait();
-        };
-        impl_->barrier = [pg] { pg->barrier()->wait(); };
-        impl_->keep = pg;
+        impl_->bind(c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, rank, world_size, options));
         backend_ = "gloo";
     }
     spdlog::info("data parallel: rank {} of {} ({}, store {}:{})", rank, world_size, backend_, master_addr,
