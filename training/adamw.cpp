@@ -34,9 +34,10 @@ void AdamW::step(double lr) {
 }
 
 void AdamW::zero_grad() {
+    // Undefined, not zero: a parameter that gets no gradient in a step must be skipped by step() whether or
+    // not it had one before (a resumed run starts with none), or resumed runs would differ.
     for (auto& [name, p] : params_)
-        if (p.grad().defined())
-            p.mutable_grad().zero_();
+        p.mutable_grad() = torch::Tensor();
 }
 
 double AdamW::clip_grad_norm(double max_norm) {

@@ -26,7 +26,7 @@ class AdamW {
     // One update with learning rate lr from the parameters' current gradients (parameters without a gradient
     // are left alone).
     void step(double lr);
-    void zero_grad();
+    void zero_grad();  // gradients become undefined
     int64_t steps() const { return steps_; }
 
     // Global L2 norm of the gradients; when max_norm > 0 and the norm exceeds it, the gradients are scaled

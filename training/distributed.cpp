@@ -93,7 +93,8 @@ DataParallel::DataParallel(int rank,
     }
 #endif
     if (!impl_->allreduce) {
-        auto options = c10d::ProcessGroupGloo::Options::create();
+        // Long: rank 0 may build a latent cache or write samples while the others wait in a collective.
+        auto options = c10d::ProcessGroupGloo::Options::create(std::chrono::hours(6));
         // GLOO_SOCKET_IFNAME picks the interface as in PyTorch; a loopback master means a one-machine run.
         const std::string ifname = env_or("GLOO_SOCKET_IFNAME", "");
         if (!ifname.empty())

@@ -63,6 +63,10 @@ std::vector<EvalClip> held_out_clips(const RetrievalEvalOptions& o, int width, i
                 continue;
             const std::string file = (dir / c.at("file").get<std::string>()).string();
             VideoFileReader reader(file);
+            if (reader.info().width != width || reader.info().height != height)
+                throw std::invalid_argument(file + ": not " + std::to_string(width) + "x" +
+                                            std::to_string(height) +
+                                            " (run scripts/fetch_media.sh with the model's size)");
             std::vector<std::vector<uint8_t>> frames;
             std::vector<uint8_t> rgb;
             while (static_cast<int64_t>(frames.size()) < wanted && reader.read_rgb(rgb))
@@ -133,7 +137,9 @@ nlohmann::json evaluate_retrieval(const RetrievalEvalOptions& o,
             const torch::Tensor latents = model.vae().encode(pixels);  // [1, C, T, h, w]
             const int64_t t = latents.size(2);
             const MemoryTokens mem = encoder->encode_full({latents, pixels});
-            const ContextTokens ctx = memory_context(mem, mc.rates(), 0.0);
+            ContextTokens ctx = memory_context(mem, mc.rates(), 0.0);
+            if (mc.cross_attn_features)
+                ctx.cross = encoder->cross_attention(mem.flat_features());
             std::vector<int64_t> positions;
             for (int64_t k = 0; k < o.positions; ++k) {
                 const int64_t p = o.positions == 1
@@ -153,9 +159,10 @@ nlohmann::json evaluate_retrieval(const RetrievalEvalOptions& o,
                 const double mid = latent_frame_seconds(pos[pos.size() / 2], clip.fps);
                 const torch::Tensor text =
                     clip.storyboard.empty() ? empty_text : model.embed_text(clip.storyboard.in_force(mid));
-                const ContextAttention context = attend_context(
+                ContextAttention context = attend_context(
                     model.dit(), encode_context(model.dit(), ContextKV{}, ctx, [&](double) { return text; }),
                     0.0);
+                context.cross = ctx.cross;  // the cross-attention enhancement, when the encoder has it
                 SamplerConfig sc = config.sampler;
                 if (o.steps > 0)
                     sc.steps = o.steps;

@@ -87,12 +87,16 @@ class BaseStage : public TrainStage {
     StepOutput forward(int64_t, torch::Generator& gen) override {
         std::vector<torch::Tensor> sections;
         std::vector<std::string> captions;
+        // First-frame conditioning gives the DiT a clean single-image latent (as TI2V's image input and a
+        // session's first frame are), which only a clip's latent 0 is: conditioned batches start there.
+        const bool first_frame = draw_uniform(gen) < o_.first_frame_probability;
         for (int64_t b = 0; b < env_.config.batch; ++b) {
             const bool media = !media_.empty() && (world_.empty() || draw_uniform(gen) < o_.media_fraction);
             const LatentClips& clips = *(media ? media_ : world_)[0];
             const int64_t i = clips.draw(gen, o_.section_latents);
             const CachedClip& clip = clips.clip(i);
-            const int64_t start = draw_index(clip.latents.size(1) - o_.section_latents + 1, gen);
+            const int64_t start =
+                first_frame ? 0 : draw_index(clip.latents.size(1) - o_.section_latents + 1, gen);
             sections.push_back(clip.latents.slice(1, start, start + o_.section_latents).to(torch::kFloat32));
             const std::string caption =
                 clips.storyboard(i).empty()
@@ -106,7 +110,7 @@ class BaseStage : public TrainStage {
         bo.sigma.mean = o_.sigma_mean;
         bo.sigma.std = o_.sigma_std;
         bo.sigma.shift = o_.sigma_shift;
-        bo.first_frame_probability = o_.first_frame_probability;
+        bo.first_frame_probability = first_frame ? 1.0 : 0.0;
         const FlowLoss fl = base_loss(model_->dit(), latents, text, bo, gen);
         return {fl.loss, {}};
     }

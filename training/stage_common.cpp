@@ -149,16 +149,28 @@ std::vector<std::string> ensure_latent_cache(const StageEnvironment& env,
     const auto one = [&](const std::string& name, const WorldDataOptions& w, const MediaDataOptions& m) {
         const std::string folder = (fs::path(env.run_dir) / "latents" / name).string();
         const std::string stamp = (fs::path(folder) / "vae.json").string();
+        // What the clips were made from: another story length or window would silently mix clip lengths.
+        const nlohmann::json source = {
+            {"world", {{"seed", w.seed}, {"seconds", w.seconds}}},
+            {"media", {{"manifest", m.manifest}, {"split", m.split}, {"window_seconds", m.window_seconds}}}};
         if (env.rank == 0) {
             if (fs::exists(stamp)) {
-                const std::string was = read_json_file(stamp).value("vae", "");
+                const nlohmann::json old = read_json_file(stamp);
+                if (old.contains("source") && old["source"] != source)
+                    throw CheckpointError(folder, "",
+                                          "was made from other data settings (" + old["source"].dump() +
+                                              ", now " + source.dump() +
+                                              "): delete the folder or restore the settings");
+                const std::string was = old.value("vae", "");
                 if (was != vae_id)
                     throw CheckpointError(folder, "",
                                           "was encoded by other VAE weights (" + was + ", now " + vae_id +
                                               "): delete the folder to re-encode it");
             }
             fs::create_directories(folder);
-            write_file_atomic(stamp, nlohmann::json{{"vae", vae_id}, {"vae_file", vae_file}}.dump() + "\n");
+            write_file_atomic(
+                stamp,
+                nlohmann::json{{"vae", vae_id}, {"vae_file", vae_file}, {"source", source}}.dump() + "\n");
             torch::NoGradGuard no_grad;
             int64_t last_logged = -1;
             const int64_t written = build_latent_cache(

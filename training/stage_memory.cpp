@@ -80,6 +80,10 @@ class MemoryStage : public TrainStage {
         JsonFields d(env.config.data, where, "data");
         d.accept({"world", "media"});
         d.reject_unknown();
+        if (env.config.batch != 1)
+            throw CheckpointError(where, "",
+                                  "field 'batch': the memory stages train one history per process "
+                                  "step (batch 1; use more processes)");
 
         model_ = env.load_model();
         const ModelConfig& c = model_->config();
@@ -144,11 +148,10 @@ class MemoryStage : public TrainStage {
     }
 
     StepOutput forward(int64_t, torch::Generator& gen) override {
-        TORCH_CHECK(env_.config.batch == 1, "the memory stages train one history per process step (batch 1)");
         const bool media = !media_.empty() && (world_.empty() || draw_uniform(gen) < o_.media_fraction);
         const LatentClips& clips = *(media ? media_ : world_)[0];
         const double fps = clips.clip(0).fps;
-        const int64_t min_latents = 1 + static_cast<int64_t>(o_.history_seconds[0] * fps) / 4;
+        const int64_t min_latents = model_->vae().latent_frames(cacheable_frames(o_.history_seconds[0], fps));
         const int64_t i = clips.draw(gen, ar_ ? min_latents + o_.section_latents : min_latents);
         const CachedClip& clip = clips.clip(i);
         const Storyboard& story = clips.storyboard(i);
@@ -156,7 +159,7 @@ class MemoryStage : public TrainStage {
         // The history starts at the clip's first frame (the VAE's causal alignment: latent 0 is pixel 0).
         const double seconds =
             o_.history_seconds[0] + (o_.history_seconds[1] - o_.history_seconds[0]) * draw_uniform(gen);
-        int64_t frames = std::max<int64_t>(2, 1 + static_cast<int64_t>(seconds * fps) / 4);
+        int64_t frames = std::max<int64_t>(2, model_->vae().latent_frames(cacheable_frames(seconds, fps)));
         frames = std::min(frames, ar_ ? available - o_.section_latents : available);
 
         LogitNormalSigmaSampler sigma;
@@ -169,7 +172,9 @@ class MemoryStage : public TrainStage {
             const torch::Tensor pixels =
                 clips.pixels(i, 0, model_->vae().video_frames(frames)).unsqueeze(0).to(env_.device);
             const MemoryTokens mem = encoder_->encode_full({history.to(env_.device), pixels});
-            const ContextTokens ctx = memory_context(mem, encoder_->config().rates(), 0.0);
+            ContextTokens ctx = memory_context(mem, encoder_->config().rates(), 0.0);
+            if (o_.cross_attention)
+                ctx.cross = encoder_->cross_attention(mem.flat_features());
             // The caption of a random moment of the history (the targets span all of it).
             const double t = latent_frame_seconds(draw_index(frames, gen), fps);
             const torch::Tensor text = caption_embedding(story, t, gen);

@@ -45,7 +45,7 @@ class VaeStage : public TrainStage {
         if (o_.frames < 1 || (o_.frames - 1) % 4 != 0)
             f.fail("frames", "must be 1 + 4k");
         if (!o_.crop.empty() &&
-            (o_.crop.size() != 2 || o_.crop[0] % 16 || o_.crop[1] % 16 || o_.crop[0] <= 0))
+            (o_.crop.size() != 2 || o_.crop[0] % 16 || o_.crop[1] % 16 || o_.crop[0] <= 0 || o_.crop[1] <= 0))
             f.fail("crop", "must be [height, width], positive multiples of 16");
         JsonFields d(env.config.data, where, "data");
         d.accept({"world", "media"});

@@ -65,6 +65,7 @@ void write_checkpoint(const std::string& stage_dir,
                       const AdamW& optimizer,
                       const RunState& state,
                       const TrainConfig& config,
+                      int world_size,
                       int64_t keep) {
     const fs::path root = checkpoints_root(stage_dir);
     fs::create_directories(root);
@@ -79,6 +80,8 @@ void write_checkpoint(const std::string& stage_dir,
                                  {"loss_ema", state.loss_ema},
                                  {"best_ema", state.best_ema},
                                  {"ema_started", state.ema_started},
+                                 {"world_size", world_size},
+                                 {"threads", torch::get_num_threads()},
                                  {"config", config.to_json()}};
     write_file_atomic((tmp / "state.json").string(), meta.dump(2) + "\n");
     fs::remove_all(final_dir);
@@ -190,10 +193,30 @@ TrainResult run_training(TrainStage& stage, const TrainConfig& config, const Tra
                 throw CheckpointError(dir, "",
                                       "was written by stage '" + was.value("stage", "") + "', not '" +
                                           config.stage + "' (use --restart)");
-            for (const char* key : {"lr", "batch", "seed", "data", "options"})
-                if (was.contains(key) && was[key] != now[key])
-                    spdlog::warn("resuming with a different '{}' than the checkpoint's ({} -> {})", key,
-                                 was[key].dump(), now[key].dump());
+            // Anything but the logging/sample/checkpoint cadence changes the steps that follow: the run goes
+            // on, but it is no longer the run the checkpoint began (steps, for one, reshape the lr schedule).
+            for (auto it = now.begin(); it != now.end(); ++it) {
+                const std::string& key = it.key();
+                if (key == "log_every" || key == "sample_every" || key == "checkpoint_every" ||
+                    key == "keep_checkpoints")
+                    continue;
+                if (was.contains(key) && was[key] != it.value())
+                    spdlog::warn(
+                        "resuming with a different '{}' than the checkpoint's ({} -> {}): the steps that "
+                        "follow differ from an uninterrupted run's",
+                        key, was[key].dump(), it.value().dump());
+            }
+            const int was_world = meta.value("world_size", 1), was_threads = meta.value("threads", 0);
+            if (was_world != (dp ? dp->world_size() : 1))
+                spdlog::warn(
+                    "resuming with {} process(es), the checkpoint was written by {}: each step draws "
+                    "different examples",
+                    dp ? dp->world_size() : 1, was_world);
+            if (was_threads != 0 && was_threads != torch::get_num_threads())
+                spdlog::warn(
+                    "resuming with {} threads, the checkpoint was written with {}: sums reduce in "
+                    "another order, so results differ in the last bits",
+                    torch::get_num_threads(), was_threads);
             truncate_metrics(metrics_path, resume);
         }
         event("resumed from " + dir + " (step " + std::to_string(resume) + ")");
@@ -265,7 +288,7 @@ TrainResult run_training(TrainStage& stage, const TrainConfig& config, const Tra
         // The weights of step - 1 just gave a good loss: their checkpoint is safe to write.
         if (checkpoint_due && leader) {
             write_checkpoint(options.stage_dir, step - 1, params, optimizer, state, config,
-                             config.keep_checkpoints);
+                             dp ? dp->world_size() : 1, config.keep_checkpoints);
             event("checkpoint " + checkpoint_dir(options.stage_dir, step - 1));
         }
         checkpoint_due = false;
@@ -313,7 +336,7 @@ TrainResult run_training(TrainStage& stage, const TrainConfig& config, const Tra
     const int64_t done = latest_checkpoint_step(options.stage_dir);
     if (leader && done < config.steps) {
         write_checkpoint(options.stage_dir, config.steps, params, optimizer, state, config,
-                         config.keep_checkpoints);
+                         dp ? dp->world_size() : 1, config.keep_checkpoints);
         event("checkpoint " + checkpoint_dir(options.stage_dir, config.steps));
     }
     if (leader) {
@@ -330,12 +353,17 @@ TrainResult run_training(TrainStage& stage, const TrainConfig& config, const Tra
             for (const auto& t : tensors)
                 sums.push_back(t.to(torch::kFloat64).sum().item<double>());
         }
-        const std::vector<double> mean = dp->average(sums);
+        // Rank 0's sums, broadcast, compared exactly (a mean over 3 equal values need not equal them).
+        torch::Tensor leader_sums = torch::tensor(sums, torch::dtype(torch::kFloat64));
+        if (dp->backend() == "nccl")
+            leader_sums = leader_sums.cuda();
+        dp->broadcast({leader_sums});
+        leader_sums = leader_sums.cpu();
         double total = 0;
         size_t differing = 0;
         for (size_t i = 0; i < sums.size(); ++i) {
             total += sums[i];
-            differing += sums[i] != mean[i];
+            differing += sums[i] != leader_sums[static_cast<int64_t>(i)].item<double>();
         }
         const std::vector<double> all_differing = dp->average({static_cast<double>(differing)});
         char text[160];
