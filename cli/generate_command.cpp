@@ -13,7 +13,7 @@
 #include "cli/progress_bar.h"
 #include "model/ar_session.h"
 #include "model/checkpoint.h"
-#include "model/lora.h"
+#include "model/trained_memory.h"
 #include "model/video_model.h"
 #include "stream/video_file_writer.h"
 
@@ -126,24 +126,17 @@ void run_storyboard(const GenerateArgs& a) {
     std::vector<std::string> weights = split_commas(a.memory_weights);
     // The model's own trained memory (model.json "memory": encoder settings, weights, the DiT's LoRA) unless
     // the command line names other rates or weights.
-    const bool trained_memory = !a.no_memory && weights.empty() && !config.memory_weights.empty() &&
-                                (a.memory_rates.empty() || a.memory_rates == config.memory_rates);
-    const std::string weights_base =
-        !a.weights.empty() ? a.weights : std::filesystem::path(config.source_path).parent_path().string();
-    const auto in_weights = [&](const std::string& f) {
-        return std::filesystem::path(f).is_absolute() ? f
-                                                      : (std::filesystem::path(weights_base) / f).string();
-    };
-    if (trained_memory)
-        weights = {in_weights(config.memory_weights)};
+    const TrainedMemory trained = trained_memory(config, a.weights);
+    const bool use_trained = !a.no_memory && weights.empty() && trained.present() &&
+                             (a.memory_rates.empty() || a.memory_rates == config.memory_rates);
+    if (use_trained)
+        weights = {trained.weights};
     if (!weights.empty() && weights.size() != rates.size())
         throw std::invalid_argument("--memory-weights needs one file per --memory-rates entry");
     std::vector<MemoryEncoderConfig> memory_configs;
     for (const auto& r : rates) {
-        MemoryEncoderConfig mc;
-        if (trained_memory && config.memory_encoder.is_object()) {
-            mc = MemoryEncoderConfig::from_json(config.memory_encoder, config.source_path);
-        } else {
+        MemoryEncoderConfig mc = trained.encoder;
+        if (!use_trained) {
             mc.variant = a.memory_variant;
             mc.cross_attn_features = a.memory_cross_attention;
         }
@@ -171,12 +164,8 @@ void run_storyboard(const GenerateArgs& a) {
     const auto writer = open_output(a.out, width, height, static_cast<int64_t>(st.fps));
 
     VideoModel model(config, a.weights, device, a.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32);
-    if (trained_memory && !config.lora_weights.empty()) {
-        // Trained together with the memory encoder; merged so that sampling costs nothing extra.
-        load_lora(in_weights(config.lora_weights), model.dit());
-        model.dit().to(device);
-        merge_lora(model.dit());
-    }
+    if (use_trained)
+        merge_trained_lora(model, trained);  // trained together with the memory encoder
     std::vector<MemoryEncoder> encoders;
     std::string memory_desc = "off";
     if (st.use_memory) {
@@ -186,16 +175,10 @@ void run_storyboard(const GenerateArgs& a) {
         if (weights.empty())
             spdlog::warn(
                 "no --memory-weights: the memory encoder is untrained (seeded random initialisation)");
-        memory_desc = memory_configs.front().variant + (trained_memory ? " (trained)" : "");
+        memory_desc = memory_configs.front().variant + (use_trained ? " (trained)" : "");
         for (size_t i = 0; i < memory_configs.size(); ++i) {
-            MemoryEncoder encoder(memory_configs[i], model.dit_module(), model.vae_module());
-            if (!weights.empty())
-                load_module(*encoder, TensorSource::open(weights[i]));
-            encoder->eval();
-            encoder->to(device);
-            for (auto& p : encoder->parameters())
-                p.set_requires_grad(false);
-            encoders.push_back(encoder);
+            encoders.push_back(frozen_memory_encoder(model, memory_configs[i],
+                                                     weights.empty() ? std::string() : weights[i]));
             memory_desc += " " + memory_configs[i].rates().str();
         }
     }

@@ -1,6 +1,7 @@
 #include "model/config.h"
 
 #include <cstdio>
+#include <filesystem>
 #include <sstream>
 
 #include <set>
@@ -388,6 +389,16 @@ nlohmann::json ModelConfig::to_json() const {
               {"tokenizer", tokenizer},
               {"allow_random", allow_random_weights}}},
             {"memory", memory_json()}};
+}
+
+std::string ModelConfig::resolve_path(const std::string& path, const std::string& weights_dir) const {
+    if (path.empty() || std::filesystem::path(path).is_absolute())
+        return path;
+    const std::filesystem::path base =
+        !weights_dir.empty() ? std::filesystem::path(weights_dir)
+                             : (source_path.empty() ? std::filesystem::path(".")
+                                                    : std::filesystem::path(source_path).parent_path());
+    return (base / path).lexically_normal().string();
 }
 
 nlohmann::json ModelConfig::memory_json() const {

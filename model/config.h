@@ -134,6 +134,9 @@ struct ModelConfig {
     static ModelConfig from_json(const nlohmann::json& j, const std::string& where);
     nlohmann::json to_json() const;
     nlohmann::json memory_json() const;
+    // A weight path of this config, resolved against weights_dir, or against the config file's folder when
+    // weights_dir is empty. Empty and absolute paths are returned as they are.
+    std::string resolve_path(const std::string& path, const std::string& weights_dir = "") const;
     void validate() const;
 };
 

@@ -20,12 +20,6 @@ namespace {
 // Seeds for networks a config leaves without weights: fixed, so two runs of an untrained config agree.
 constexpr uint64_t kRandomInitSeed = 20251123;
 
-std::string resolve(const std::string& base, const std::string& path) {
-    if (path.empty() || fs::path(path).is_absolute())
-        return path;
-    return (fs::path(base) / path).lexically_normal().string();
-}
-
 // The official Wan checkpoint folder carries a config.json; when it is there, its architecture numbers must
 // agree with the model config, or loading would fail later with a less helpful shape error.
 void check_official_dit_config(const std::string& folder, const WanDiTConfig& dit) {
@@ -80,16 +74,13 @@ VideoModel::VideoModel(const ModelConfig& config,
     Impl& m = *impl_;
     m.config = config;
     m.device = device;
-    const std::string base =
-        !weights_dir.empty()
-            ? weights_dir
-            : (config.source_path.empty() ? "." : fs::path(config.source_path).parent_path().string());
+    const auto resolve = [&](const std::string& path) { return config.resolve_path(path, weights_dir); };
 
     if (config.tokenizer.empty())
         throw CheckpointError(config.source_path, "",
                               "names no tokenizer (weights.tokenizer: a .model file or \"byte\")");
     m.tokenizer = std::make_unique<Tokenizer>(
-        config.tokenizer == Tokenizer::kByteModel ? config.tokenizer : resolve(base, config.tokenizer));
+        config.tokenizer == Tokenizer::kByteModel ? config.tokenizer : resolve(config.tokenizer));
     if (m.tokenizer->vocab_size() > config.text_encoder.vocab)
         throw CheckpointError(config.source_path, "",
                               "the tokenizer has " + std::to_string(m.tokenizer->vocab_size()) +
@@ -98,16 +89,16 @@ VideoModel::VideoModel(const ModelConfig& config,
 
     torch::manual_seed(kRandomInitSeed);
     m.text_encoder = UMT5Encoder(config.text_encoder);
-    m.load_or_init(*m.text_encoder, resolve(base, config.text_encoder_weights), "text_encoder");
+    m.load_or_init(*m.text_encoder, resolve(config.text_encoder_weights), "text_encoder");
 
     m.dit = WanDiT(config.dit);
-    const std::string dit_path = resolve(base, config.dit_weights);
+    const std::string dit_path = resolve(config.dit_weights);
     if (!dit_path.empty())
         check_official_dit_config(dit_path, config.dit);
     m.load_or_init(*m.dit, dit_path, "dit");
 
     m.vae = WanVAE(config.vae);
-    m.load_or_init(*m.vae, resolve(base, config.vae_weights), "vae");
+    m.load_or_init(*m.vae, resolve(config.vae_weights), "vae");
 
     for (torch::nn::Module* net :
          {static_cast<torch::nn::Module*>(m.text_encoder.get()), static_cast<torch::nn::Module*>(m.dit.get()),

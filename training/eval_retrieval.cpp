@@ -12,10 +12,10 @@
 #include "model/context_kv.h"
 #include "model/flow_matching.h"
 #include "model/json_util.h"
-#include "model/lora.h"
 #include "model/memory_encoder.h"
 #include "model/memory_objectives.h"
 #include "model/section_sampler.h"
+#include "model/trained_memory.h"
 #include "model/video_model.h"
 #include "stream/video_file_reader.h"
 #include "training/image_metrics.h"
@@ -57,16 +57,9 @@ std::vector<EvalClip> held_out_clips(const RetrievalEvalOptions& o, int width, i
     }
     if (!o.media.manifest.empty()) {
         // One window per eval clip: its first history_seconds (or all of it, rounded down to 1 + 4k frames).
-        const auto dir = fs::path(o.media.manifest).parent_path();
-        for (const auto& c : read_json_file(o.media.manifest).at("clips")) {
-            if (c.value("split", "") != o.media.split)
-                continue;
-            const std::string file = (dir / c.at("file").get<std::string>()).string();
-            VideoFileReader reader(file);
-            if (reader.info().width != width || reader.info().height != height)
-                throw std::invalid_argument(file + ": not " + std::to_string(width) + "x" +
-                                            std::to_string(height) +
-                                            " (run scripts/fetch_media.sh with the model's size)");
+        for (const auto& c : manifest_clips(o.media)) {
+            VideoFileReader reader(c.file);
+            check_clip_size(reader, c.file, width, height);
             std::vector<std::vector<uint8_t>> frames;
             std::vector<uint8_t> rgb;
             while (static_cast<int64_t>(frames.size()) < wanted && reader.read_rgb(rgb))
@@ -77,8 +70,7 @@ std::vector<EvalClip> held_out_clips(const RetrievalEvalOptions& o, int width, i
             std::vector<const uint8_t*> ptrs;
             for (int64_t f = 0; f < usable; ++f)
                 ptrs.push_back(frames[static_cast<size_t>(f)].data());
-            out.push_back({c.at("clip").get<std::string>(), "media",
-                           rgb_frames_to_tensor(ptrs, width, height), Storyboard(),
+            out.push_back({c.name, "media", rgb_frames_to_tensor(ptrs, width, height), Storyboard(),
                            static_cast<double>(fps)});
         }
     }
@@ -111,19 +103,12 @@ nlohmann::json evaluate_retrieval(const RetrievalEvalOptions& o,
         const ModelConfig config = ModelConfig::load(model_path);
         const std::string base = fs::path(model_path).parent_path().string();
         VideoModel model(config, base);
-        if (config.memory_weights.empty())
+        const TrainedMemory trained = trained_memory(config, base);
+        if (!trained.present())
             throw CheckpointError(model_path, "", "has no trained memory (\"memory\": {\"weights\"})");
-        MemoryEncoderConfig mc = config.memory_encoder.is_object()
-                                     ? MemoryEncoderConfig::from_json(config.memory_encoder, model_path)
-                                     : MemoryEncoderConfig{};
-        mc.set_rates(parse_rates(config.memory_rates.substr(0, config.memory_rates.find(','))));
-        MemoryEncoder encoder(mc, model.dit_module(), model.vae_module());
-        load_module(*encoder, TensorSource::open((fs::path(base) / config.memory_weights).string()));
-        encoder->eval();
-        if (!config.lora_weights.empty()) {
-            load_lora((fs::path(base) / config.lora_weights).string(), model.dit());
-            merge_lora(model.dit());
-        }
+        const MemoryEncoderConfig& mc = trained.encoder;
+        MemoryEncoder encoder = frozen_memory_encoder(model, mc, trained.weights);
+        merge_trained_lora(model, trained);
         const int w = static_cast<int>(config.width), h = static_cast<int>(config.height);
         const auto clips = held_out_clips(o, w, h, static_cast<int>(config.fps));
         std::vector<double> bucket_psnr(static_cast<size_t>(o.buckets)),

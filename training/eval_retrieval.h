@@ -19,9 +19,9 @@
 namespace memoreel {
 
 struct RetrievalEvalOptions {
-    std::vector<std::string> models;          // model.json files (each with its trained memory)
-    WorldDataOptions world{4, 900001, 14.0};  // held-out stories (training uses low seeds)
-    MediaDataOptions media;                   // the eval split of a fetched-media manifest (optional)
+    std::vector<std::string> models;           // model.json files (each with its trained memory)
+    WorldDataOptions world{4, 900001, 14.0};   // held-out stories (training uses low seeds)
+    MediaDataOptions media{"", "eval", 10.0};  // the eval split of a fetched-media manifest (optional)
     double history_seconds = 12.0;
     int64_t positions = 8;  // retrieved latent frames per clip, evenly spread
     int64_t buckets = 4;

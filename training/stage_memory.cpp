@@ -20,6 +20,7 @@
 #include "model/lora.h"
 #include "model/memory_encoder.h"
 #include "model/memory_objectives.h"
+#include "model/trained_memory.h"
 #include "training/stages.h"
 
 namespace fs = std::filesystem;
@@ -87,10 +88,9 @@ class MemoryStage : public TrainStage {
 
         model_ = env.load_model();
         const ModelConfig& c = model_->config();
-        MemoryEncoderConfig mc;
-        const bool use_run_memory = !c.memory_weights.empty() && !(ar_ && o_.init == "scratch");
-        if (use_run_memory && c.memory_encoder.is_object())
-            mc = MemoryEncoderConfig::from_json(c.memory_encoder, env.model_config_path());
+        const TrainedMemory run_memory = trained_memory(c, env.weights_dir());
+        const bool use_run_memory = run_memory.present() && !(ar_ && o_.init == "scratch");
+        MemoryEncoderConfig mc = use_run_memory ? run_memory.encoder : MemoryEncoderConfig{};
         const std::string rates_text =
             !o_.rates.empty() ? o_.rates : c.memory_rates.substr(0, c.memory_rates.find(','));
         mc.set_rates(parse_rates(rates_text));
@@ -104,10 +104,9 @@ class MemoryStage : public TrainStage {
         lo.alpha = o_.lora_alpha;
         attach_lora(model_->dit(), lo);
         if (use_run_memory) {
-            load_module(*encoder_,
-                        TensorSource::open((fs::path(env.weights_dir()) / c.memory_weights).string()));
-            if (!c.lora_weights.empty())
-                load_lora((fs::path(env.weights_dir()) / c.lora_weights).string(), model_->dit());
+            load_module(*encoder_, TensorSource::open(run_memory.weights));
+            if (!run_memory.lora.empty())
+                load_lora(run_memory.lora, model_->dit());
             spdlog::info("{}: starting from the run's memory encoder ({}) and LoRA", env.config.stage,
                          c.memory_weights);
         } else {

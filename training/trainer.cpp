@@ -259,7 +259,9 @@ TrainResult run_training(TrainStage& stage, const TrainConfig& config, const Tra
         if (dp)
             figures = dp->average(figures);
         const double loss = figures[0];
-        const double grad_norm = optimizer.clip_grad_norm(0.0);
+        // The norm before clipping decides divergence; clipping first is harmless (a diverged step is
+        // dropped).
+        const double grad_norm = optimizer.clip_grad_norm(config.grad_clip);
 
         std::string diverged;
         if (!std::isfinite(loss))
@@ -293,9 +295,6 @@ TrainResult run_training(TrainStage& stage, const TrainConfig& config, const Tra
         }
         checkpoint_due = false;
 
-        const double clipped_norm =
-            config.grad_clip > 0 ? optimizer.clip_grad_norm(config.grad_clip) : grad_norm;
-        (void)clipped_norm;
         const double lr = scheduled_lr(config, step);
         optimizer.step(lr);
         state.step = step;

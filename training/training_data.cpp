@@ -37,13 +37,6 @@ torch::Tensor rgb_frames_to_tensor(const std::vector<const uint8_t*>& frames, in
     return out.permute({3, 0, 1, 2}).to(torch::kFloat32).div_(127.5).sub_(1.0).contiguous();
 }
 
-namespace {
-
-struct ManifestClip {
-    std::string name, file, split;
-};
-
-// The clips of a manifest's split ("all": every clip).
 std::vector<ManifestClip> manifest_clips(const MediaDataOptions& media) {
     std::vector<ManifestClip> out;
     if (media.manifest.empty())
@@ -61,13 +54,15 @@ std::vector<ManifestClip> manifest_clips(const MediaDataOptions& media) {
     return out;
 }
 
-void check_size(const VideoFileReader& reader, const std::string& file, int width, int height) {
+void check_clip_size(const VideoFileReader& reader, const std::string& file, int width, int height) {
     if (reader.info().width != width || reader.info().height != height)
         throw std::invalid_argument(file + ": " + std::to_string(reader.info().width) + "x" +
                                     std::to_string(reader.info().height) + ", the model wants " +
                                     std::to_string(width) + "x" + std::to_string(height) +
                                     " (run scripts/fetch_media.sh with its size)");
 }
+
+namespace {
 
 world::Story story_of_seed(uint64_t seed, double seconds) {
     world::StoryOptions o;
@@ -89,7 +84,7 @@ PixelClips::PixelClips(WorldDataOptions world,
     for (const auto& clip : manifest_clips(media)) {
         const std::string& file = clip.file;
         VideoFileReader reader(file);
-        check_size(reader, file, width, height);
+        check_clip_size(reader, file, width, height);
         std::vector<std::vector<uint8_t>> frames;
         std::vector<uint8_t> rgb;
         while (reader.read_rgb(rgb))
@@ -169,7 +164,7 @@ torch::Tensor LatentClips::pixels(int64_t i, int64_t first, int64_t count) const
     } else if (info.value("source", "") == "media") {
         const std::string file = info.at("file");
         VideoFileReader reader(file);
-        check_size(reader, file, w, h);
+        check_clip_size(reader, file, w, h);
         const int64_t start = info.at("start_frame").get<int64_t>() + first;
         std::vector<uint8_t> rgb;
         for (int64_t f = 0; f < start + count && reader.read_rgb(rgb); ++f)
@@ -233,7 +228,7 @@ int64_t build_latent_cache(WanVAEImpl& vae,
         const std::string& clip_name = clip.name;
         const std::string& file = clip.file;
         VideoFileReader reader(file);
-        check_size(reader, file, width, height);
+        check_clip_size(reader, file, width, height);
         const int64_t per_window = cacheable_frames(media.window_seconds, fps);
         std::vector<std::vector<uint8_t>> window;
         std::vector<uint8_t> rgb;

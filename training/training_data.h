@@ -33,6 +33,17 @@ struct MediaDataOptions {
     double window_seconds = 10;   // cache windows
 };
 
+struct ManifestClip {
+    std::string name, file, split;
+};
+// The clips of a fetch_media.sh manifest in media.split ("all": every clip), files resolved beside it. Errors
+// name the manifest.
+std::vector<ManifestClip> manifest_clips(const MediaDataOptions& media);
+
+class VideoFileReader;
+// Throws std::invalid_argument naming the file when its frames are not width x height.
+void check_clip_size(const VideoFileReader& reader, const std::string& file, int width, int height);
+
 // Uniform integer in [0, n) from gen.
 int64_t draw_index(int64_t n, torch::Generator& gen);
 double draw_uniform(torch::Generator& gen);
