@@ -1,5 +1,6 @@
-// `memoreel eval retrieval`: the memory's retrieval quality per history position (training/eval_retrieval.h),
-// printed as a table and written as JSON.
+// `memoreel eval retrieval`: the memory's retrieval quality per history position (training/eval_retrieval.h);
+// `memoreel eval consistency`: whether returning places and characters look as before, with and without
+// memory (training/eval_consistency.h). Both print a table and write JSON.
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
@@ -9,6 +10,7 @@
 
 #include "cli/commands.h"
 #include "model/json_util.h"
+#include "training/eval_consistency.h"
 #include "training/eval_retrieval.h"
 
 namespace memoreel {
@@ -20,15 +22,34 @@ struct RetrievalArgs {
     std::string out = "out/eval/retrieval.json";
 };
 
+struct ConsistencyArgs {
+    ConsistencyEvalOptions o;
+    std::string model = "runs/tiny/model/model.json";
+    std::string scratch;
+    int64_t window = 1;
+    std::string out = "out/eval/consistency.json";
+};
+
+void write_result(const std::string& out, const nlohmann::json& r, const std::string& table) {
+    const auto parent = std::filesystem::path(out).parent_path();
+    if (!parent.empty())
+        std::filesystem::create_directories(parent);
+    write_file_atomic(out, r.dump(2) + "\n");
+    std::fputs(table.c_str(), stdout);
+    spdlog::info("wrote {}", out);
+}
+
 void run_retrieval(const RetrievalArgs& a) {
     const nlohmann::json r =
         evaluate_retrieval(a.o, [](const std::string& line) { spdlog::info("{}", line); });
-    const auto parent = std::filesystem::path(a.out).parent_path();
-    if (!parent.empty())
-        std::filesystem::create_directories(parent);
-    write_file_atomic(a.out, r.dump(2) + "\n");
-    std::fputs(retrieval_table(r).c_str(), stdout);
-    spdlog::info("wrote {}", a.out);
+    write_result(a.out, r, retrieval_table(r));
+}
+
+void run_consistency(ConsistencyArgs a) {
+    a.o.settings = table2_settings(a.model, a.scratch, a.window);
+    const nlohmann::json r =
+        evaluate_consistency(a.o, [](const std::string& line) { spdlog::info("{}", line); });
+    write_result(a.out, r, consistency_table(r));
 }
 
 }  // namespace
@@ -60,6 +81,32 @@ void add_eval_command(CLI::App& app) {
     r->add_option("--seed", a->o.seed, "Noise seed")->capture_default_str();
     r->add_option("--out", a->out, "JSON output")->capture_default_str();
     r->callback([a] { run_retrieval(*a); });
+
+    auto c = std::make_shared<ConsistencyArgs>();
+    CLI::App* k = eval->add_subcommand(
+        "consistency",
+        "Long held-out storyboards with full memory, memory without pretraining, window only and no history: "
+        "do returning places and characters look as before?");
+    k->add_option("--model", c->model, "The full model (trained memory, from the pretrained encoder)")
+        ->capture_default_str();
+    k->add_option("--scratch", c->scratch,
+                  "The same model fine-tuned from a fresh encoder (ar \"init\": \"scratch\"); omitted: "
+                  "that row is left out");
+    k->add_option("--window", c->window, "Latent frames of the window-only setting")
+        ->capture_default_str()
+        ->check(CLI::Range(int64_t(1), int64_t(256)));
+    k->add_option("--stories", c->o.world.stories, "Held-out world stories")->capture_default_str();
+    k->add_option("--story-seed", c->o.world.seed, "First held-out story seed")->capture_default_str();
+    k->add_option("--seconds", c->o.world.seconds, "Story length")
+        ->capture_default_str()
+        ->check(CLI::Range(2.0, 3600.0));
+    k->add_option("--steps", c->o.steps, "Sampler steps (0: the model's)")->capture_default_str();
+    k->add_option("--horizon", c->o.horizon, "Latent frames of time the memory is rescaled into (0: none)")
+        ->capture_default_str();
+    k->add_option("--seed", c->o.seed, "Noise seed (the same for every setting)")->capture_default_str();
+    k->add_option("--videos", c->o.videos, "Folder to write every generated story as MP4");
+    k->add_option("--out", c->out, "JSON output")->capture_default_str();
+    k->callback([c] { run_consistency(*c); });
 }
 
 }  // namespace memoreel

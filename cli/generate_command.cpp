@@ -46,8 +46,8 @@ struct GenerateArgs {
     std::string memory_variant = "proposed";
     std::string memory_weights;
     bool memory_cross_attention = false;
-    std::string stats;  // JSONL of per-section figures
-    int64_t window = 0;
+    std::string stats;    // JSONL of per-section figures
+    int64_t window = -1;  // -1: the model config's memory window
     int64_t section_frames = 4;
     double horizon = 0;
 };
@@ -144,7 +144,7 @@ void run_storyboard(const GenerateArgs& a) {
         mc.validate("--memory-rates " + r);
         memory_configs.push_back(mc);
     }
-    st.window = a.window;
+    st.window = a.window >= 0 ? a.window : config.memory_window;
     st.section_frames = a.section_frames;
     st.horizon = a.horizon;
     st.width = a.width;
@@ -295,7 +295,8 @@ void add_generate_command(CLI::App& app) {
     cmd->add_option(
         "--stats", args->stats,
         "Write per-section figures (latency, context and memory tokens, state bytes, RSS) as JSONL");
-    cmd->add_option("--window", args->window, "Latent frames of recent history given uncompressed")
+    cmd->add_option("--window", args->window,
+                    "Latent frames of recent history given uncompressed (default: the model's memory.window)")
         ->check(CLI::Range(int64_t(0), int64_t(256)));
     cmd->add_option("--section-frames", args->section_frames,
                     "Latent frames per section (memory groups may straddle sections)")

@@ -349,6 +349,9 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& w
         m.get("rates", c.memory_rates);
         m.get("weights", c.memory_weights);
         m.get("lora", c.lora_weights);
+        m.get("window", c.memory_window);
+        if (c.memory_window < 0 || c.memory_window > 256)
+            m.fail("window", "must be in [0, 256] latent frames");
         if (j["memory"].contains("encoder")) {
             c.memory_encoder = j["memory"]["encoder"];
             if (!c.memory_encoder.is_object())
@@ -409,6 +412,8 @@ nlohmann::json ModelConfig::memory_json() const {
         m["weights"] = memory_weights;
     if (!lora_weights.empty())
         m["lora"] = lora_weights;
+    if (memory_window > 0)
+        m["window"] = memory_window;
     return m;
 }
 

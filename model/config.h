@@ -129,6 +129,9 @@ struct ModelConfig {
     nlohmann::json memory_encoder;
     std::string memory_weights;
     std::string lora_weights;
+    // Latent frames of recent history a session gives uncompressed beside the memory ("memory": {"window"}):
+    // what the autoregressive fine-tuning trained with, so sessions use it unless told otherwise.
+    int64_t memory_window = 0;
 
     static ModelConfig load(const std::string& path);
     static ModelConfig from_json(const nlohmann::json& j, const std::string& where);

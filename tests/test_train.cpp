@@ -199,9 +199,35 @@ TEST_SUITE("train") {
         m = read_json_file(run + "/model/model.json");
         CHECK(m["memory"]["weights"] == "memory_encoder.safetensors");
         CHECK(m["memory"]["lora"] == "lora.safetensors");
-        const auto ar =
-            stage("ar", {{"history_seconds", {0.5, 2.0}}, {"section_latents", 2}, {"lora_rank", 4}});
+        const auto ar = stage("ar", {{"history_seconds", {0.5, 2.0}},
+                                     {"section_latents", 2},
+                                     {"lora_rank", 4},
+                                     {"window", 1}});
         CHECK(ar.output.find("starting from the run's memory encoder") != std::string::npos);
+        CHECK(read_json_file(run + "/model/model.json")["memory"]["window"] == 1);  // sessions use it
+
+        // A variant on the shared base (as the evaluation tables train them): its own run folder, the base
+        // run's model and latent cache, a fresh encoder although the base model has a memory.
+        {
+            nlohmann::json j = {{"stage", "ar"},
+                                {"model", run + "/model/model.json"},
+                                {"steps", 1},
+                                {"lr", 1e-4},
+                                {"seed", 5},
+                                {"data", {{"world", world}, {"latent_cache", run + "/latents"}}},
+                                {"options",
+                                 {{"history_seconds", {0.5, 2.0}},
+                                  {"section_latents", 2},
+                                  {"lora_rank", 4},
+                                  {"init", "scratch"}}}};
+            const auto v = train("ar", write_config(dir, "ar-scratch", j), dir.file("scratch"));
+            REQUIRE_MESSAGE(v.status == 0, v.output);
+            CHECK(v.output.find("starting from a fresh memory encoder") != std::string::npos);
+            CHECK_FALSE(fs::exists(dir.file("scratch/latents")));
+            const auto sm = read_json_file(dir.file("scratch/model/model.json"));
+            CHECK(sm["weights"]["dit"] == "../../run/model/dit.safetensors");
+            CHECK(sm["memory"]["weights"] == "memory_encoder.safetensors");
+        }
 
         const auto g = test::run_command(
             test::memoreel_binary() + " --threads 1 generate --model '" + run +
@@ -229,6 +255,51 @@ TEST_SUITE("train") {
         }
         CHECK(row["overall"]["frames"] == 3);
         CHECK(r["metric"].get<std::string>().find("LPIPS not reported") != std::string::npos);
+
+        // eval consistency: the four settings of table 2 generate the same story and are scored.
+        const auto k = test::run_command(
+            test::memoreel_binary() + " --threads 1 eval consistency --model '" + run +
+            "/model/model.json' --scratch '" + dir.file("scratch/model/model.json") +
+            "' --stories 1 --seconds 4 --steps 2 --videos '" + dir.file("videos") + "' --out '" +
+            dir.file("consistency.json") + "'");
+        REQUIRE_MESSAGE(k.status == 0, k.output);
+        CHECK(k.output.find("no history") != std::string::npos);
+        const auto c = read_json_file(dir.file("consistency.json"));
+        REQUIRE(c["settings"].size() == 4);
+        CHECK(c["settings"][0]["name"] == "full memory");
+        CHECK(c["settings"][0]["window"] == 1);  // the model's trained window
+        CHECK(c["settings"][1]["name"] == "memory without pretraining");
+        CHECK(c["settings"][2]["memory"] == false);
+        CHECK(c["settings"][3]["window"] == 0);
+        for (const auto& s : c["settings"]) {
+            REQUIRE(s["stories"].size() == 1);
+            CHECK(s["stories"][0]["sections"].get<int64_t>() >= 2);
+            CHECK(s["overall"].contains("character_unstated"));
+        }
+        CHECK(c["settings"][0]["stories"][0]["memory_tokens"].get<int64_t>() > 0);
+        CHECK(c["settings"][3]["stories"][0]["memory_tokens"] == 0);
+        CHECK(fs::exists(dir.file("videos/no-history/story-910001.mp4")));
+
+        // export: the run's model as a self-contained bf16 folder that generate runs.
+        const auto x = test::run_command(test::memoreel_binary() + " export --model '" + run +
+                                         "/model/model.json' --out '" + dir.file("bundle") + "'");
+        REQUIRE_MESSAGE(x.status == 0, x.output);
+        const auto bm = read_json_file(dir.file("bundle/model.json"));
+        CHECK(bm["weights"]["dit"] == "dit.safetensors");
+        CHECK(bm["weights"]["tokenizer"] == "tokenizer.model");
+        CHECK(bm["memory"]["lora"] == "lora.safetensors");
+        CHECK(bm["memory"]["window"] == 1);
+        const TensorSource dit = TensorSource::open(dir.file("bundle/dit.safetensors"));
+        for (const auto& n : dit.names())
+            CHECK_MESSAGE(dit.info(n).dtype == DType::BF16, n);
+        CHECK(static_cast<double>(fs::file_size(dir.file("bundle/dit.safetensors"))) <
+              0.51 * static_cast<double>(fs::file_size(run + "/model/dit.safetensors")));
+        const auto gb = test::run_command(test::memoreel_binary() + " --threads 1 generate --model '" +
+                                          dir.file("bundle/model.json") +
+                                          "' --prompt 'the red fox' --seconds 1 --section-frames 2 --out '" +
+                                          dir.file("bundle.mp4") + "'");
+        REQUIRE_MESSAGE(gb.status == 0, gb.output);
+        CHECK(gb.output.find("(trained)") != std::string::npos);
     }
 
     TEST_CASE("train configs: bad fields are named") {
@@ -242,5 +313,30 @@ TEST_SUITE("train") {
         CHECK(scheduled_lr(c, 5) == doctest::Approx(0.5));
         CHECK(scheduled_lr(c, 10) == doctest::Approx(1.0));
         CHECK(scheduled_lr(c, 100) == doctest::Approx(c.final_lr_ratio));
+    }
+
+    TEST_CASE("a train config extends another: fields merge over it, missing or cyclic bases are named") {
+        test::TempDir dir;
+        write_file_atomic(dir.file("base.json"),
+                          R"({"stage": "memory", "steps": 100, "lr": 1e-4,
+                              "options": {"rates": "4x4x8", "targets": 4}})");
+        write_file_atomic(dir.file("child.json"),
+                          R"({"extends": "base.json", "steps": 600, "options": {"rates": "2x2x1"}})");
+        const TrainConfig c = TrainConfig::load(dir.file("child.json"));
+        CHECK(c.stage == "memory");
+        CHECK(c.steps == 600);
+        CHECK(c.lr == doctest::Approx(1e-4));
+        CHECK(c.options["rates"] == "2x2x1");
+        CHECK(c.options["targets"] == 4);  // kept from the base
+        write_file_atomic(dir.file("orphan.json"), R"({"extends": "nowhere.json"})");
+        CHECK_THROWS_WITH(TrainConfig::load(dir.file("orphan.json")), doctest::Contains("nowhere.json"));
+        write_file_atomic(dir.file("loop.json"), R"({"extends": "loop.json"})");
+        CHECK_THROWS_WITH(TrainConfig::load(dir.file("loop.json")), doctest::Contains("cycle"));
+        // The shipped table configs all resolve.
+        for (const auto& e : fs::directory_iterator(test::source_dir() + "/configs/train/tables")) {
+            const TrainConfig t = TrainConfig::load(e.path().string());
+            CHECK_MESSAGE((t.stage == "memory" || t.stage == "ar"), e.path());
+            CHECK(t.data.contains("latent_cache"));
+        }
     }
 }

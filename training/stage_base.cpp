@@ -52,7 +52,7 @@ class BaseStage : public TrainStage {
         if (o_.section_latents < 1 || o_.section_latents > 64)
             f.fail("section_latents", "must be in [1, 64]");
         JsonFields d(env.config.data, where, "data");
-        d.accept({"world", "media"});
+        d.accept({"world", "media", "latent_cache"});
         d.reject_unknown();
         model_ = env.load_model();
         const auto folders = ensure_latent_cache(env, *model_, world_data_options(env.config.data, where),

@@ -31,10 +31,32 @@ bool StageEnvironment::has_run_model() const {
     return fs::exists(model_config_path());
 }
 ModelConfig StageEnvironment::model_config() const {
-    return ModelConfig::load(has_run_model() ? model_config_path() : config.model);
+    if (has_run_model())
+        return ModelConfig::load(model_config_path());
+    // A run that starts from another run's model (a variant trained on a shared base): its weight paths are
+    // rewritten relative to this run's model folder, so that the model.json this run exports finds them.
+    ModelConfig c = ModelConfig::load(config.model);
+    const fs::path here = fs::absolute(model_dir());
+    for (std::string* p : {&c.dit_weights, &c.vae_weights, &c.text_encoder_weights, &c.tokenizer,
+                           &c.memory_weights, &c.lora_weights}) {
+        if (p->empty() || *p == "byte")
+            continue;
+        const fs::path resolved = fs::absolute(c.resolve_path(*p, ""));
+        *p = fs::path(resolved).lexically_relative(here).string();
+    }
+    return c;
 }
 std::string StageEnvironment::weights_dir() const {
-    return has_run_model() ? model_dir() : std::string();
+    return model_dir();
+}
+std::string StageEnvironment::latent_cache_dir() const {
+    std::string dir;
+    if (config.data.is_object() && config.data.contains("latent_cache")) {
+        if (!config.data["latent_cache"].is_string())
+            throw CheckpointError(config.source_path, "", "field 'data.latent_cache' must be a folder name");
+        dir = config.data["latent_cache"].get<std::string>();
+    }
+    return dir.empty() ? (fs::path(run_dir) / "latents").string() : dir;
 }
 std::unique_ptr<VideoModel> StageEnvironment::load_model() const {
     return std::make_unique<VideoModel>(model_config(), weights_dir(), device, torch::kFloat32);
@@ -143,11 +165,11 @@ std::vector<std::string> ensure_latent_cache(const StageEnvironment& env,
                                              const MediaDataOptions& media) {
     const ModelConfig& c = model.config();
     const std::string vae_file =
-        c.vae_weights.empty() ? std::string() : (fs::path(env.weights_dir()) / c.vae_weights).string();
+        c.vae_weights.empty() ? std::string() : c.resolve_path(c.vae_weights, env.weights_dir());
     const std::string vae_id = vae_file.empty() ? "seeded-random" : file_digest(vae_file);
     std::vector<std::string> folders;
     const auto one = [&](const std::string& name, const WorldDataOptions& w, const MediaDataOptions& m) {
-        const std::string folder = (fs::path(env.run_dir) / "latents" / name).string();
+        const std::string folder = (fs::path(env.latent_cache_dir()) / name).string();
         const std::string stamp = (fs::path(folder) / "vae.json").string();
         // What the clips were made from: another story length or window would silently mix clip lengths.
         const nlohmann::json source = {

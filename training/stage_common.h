@@ -38,8 +38,12 @@ struct StageEnvironment {
     bool has_run_model() const;
     // The run's assembled model config, or the train config's model when the run has none yet.
     ModelConfig model_config() const;
-    // The folder its weight paths resolve against ("" = the config file's folder).
+    // The folder its weight paths resolve against: the run's model folder (model_config() rewrites the paths
+    // of a starting model found elsewhere).
     std::string weights_dir() const;
+    // Where the run's latent cache lives: data.latent_cache (runs of variants share their base run's) or
+    // <run>/latents.
+    std::string latent_cache_dir() const;
     // Loads the model the stage starts from (fp32, on the device, all parameters frozen).
     std::unique_ptr<VideoModel> load_model() const;
 };
@@ -61,8 +65,9 @@ torch::Tensor embed_captions(VideoModel& model, const std::vector<std::string>& 
 // Writes [3, T, H, W] frames in [-1, 1] as an MP4.
 void write_video(const std::string& path, const torch::Tensor& frames, int fps);
 
-// The latent cache of a run (<run>/latents/<name>), built from the data section when missing (rank 0 builds,
-// the others wait), and tied to the VAE that encoded it: a cache made by other VAE weights is an error.
+// The latent cache of a run (<latent_cache_dir>/<name>), built from the data section when missing (rank 0
+// builds, the others wait), and tied to the VAE that encoded it: a cache made by other VAE weights is an
+// error.
 std::vector<std::string> ensure_latent_cache(const StageEnvironment& env,
                                              VideoModel& model,
                                              const WorldDataOptions& world,

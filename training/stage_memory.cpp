@@ -6,7 +6,8 @@
 //  the
 //    memory (each group with the prompt in force when it was made, as the session does) plus an optional
 //    uncompressed window; the next section is the target with the prompt in force at its start. Trains LoRA +
-//    encoder, from the run's pretrained encoder or, with "init": "scratch", from a fresh one.
+//    encoder, from the run's pretrained encoder or, with "init": "scratch", from a fresh one (the memory
+//    stage starts from a fresh one unless "init": "pretrained").
 // Both export memory_encoder.safetensors and lora.safetensors and record the encoder's settings in
 // model.json.
 #include <spdlog/spdlog.h>
@@ -36,7 +37,9 @@ struct MemoryStageOptions {
     std::string trainable = "encoder+lora";
     int64_t lora_rank = 16;
     double lora_alpha = 16.0;
-    std::string init = "pretrained";  // ar: pretrained (the run's encoder and LoRA) | scratch
+    // pretrained: start from the run's encoder and LoRA when it has them | scratch: fresh ones. Defaults:
+    // ar pretrained, memory scratch (a variant run whose base model already has a memory starts afresh).
+    std::string init;
     std::vector<double> history_seconds{10.0, 20.0};
     int64_t targets = 4;  // memory: k
     bool noise_as_mask = false;
@@ -64,8 +67,9 @@ class MemoryStage : public TrainStage {
         f.get("sigma_std", o_.sigma_std);
         f.get("sigma_shift", o_.sigma_shift);
         f.get("media_fraction", o_.media_fraction);
+        o_.init = ar_ ? "pretrained" : "scratch";
+        f.get("init", o_.init);
         if (ar_) {
-            f.get("init", o_.init);
             f.get("section_latents", o_.section_latents);
             f.get("window", o_.window);
         } else {
@@ -79,7 +83,7 @@ class MemoryStage : public TrainStage {
         if (o_.init != "pretrained" && o_.init != "scratch")
             f.fail("init", "must be 'pretrained' or 'scratch'");
         JsonFields d(env.config.data, where, "data");
-        d.accept({"world", "media"});
+        d.accept({"world", "media", "latent_cache"});
         d.reject_unknown();
         if (env.config.batch != 1)
             throw CheckpointError(where, "",
@@ -89,7 +93,7 @@ class MemoryStage : public TrainStage {
         model_ = env.load_model();
         const ModelConfig& c = model_->config();
         const TrainedMemory run_memory = trained_memory(c, env.weights_dir());
-        const bool use_run_memory = run_memory.present() && !(ar_ && o_.init == "scratch");
+        const bool use_run_memory = run_memory.present() && o_.init == "pretrained";
         MemoryEncoderConfig mc = use_run_memory ? run_memory.encoder : MemoryEncoderConfig{};
         const std::string rates_text =
             !o_.rates.empty() ? o_.rates : c.memory_rates.substr(0, c.memory_rates.find(','));
@@ -240,6 +244,8 @@ class MemoryStage : public TrainStage {
         c.memory_rates = encoder_->config().rates().str();
         c.memory_weights = "memory_encoder.safetensors";
         c.lora_weights = "lora.safetensors";
+        if (ar_)
+            c.memory_window = o_.window;  // sessions of this model use the window it was trained with
         save_run_model_config(model_dir, c);
     }
 

@@ -1,15 +1,42 @@
 #include "training/train_config.h"
 
 #include <cmath>
+#include <filesystem>
 #include <set>
 
 #include "model/json_fields.h"
 #include "model/json_util.h"
+#include "model/safetensors.h"
 
 namespace memoreel {
 
+namespace {
+
+// A config with "extends": "other.json" (relative to its own folder) is that config with its own fields
+// merged over it (RFC 7396 merge patch: objects merge field by field, anything else replaces).
+nlohmann::json read_with_extends(const std::string& path, int depth) {
+    nlohmann::json j = read_json_file(path);
+    if (!j.is_object() || !j.contains("extends"))
+        return j;
+    if (!j["extends"].is_string())
+        throw CheckpointError(path, "", "field 'extends' must be the name of another train config");
+    if (depth >= 8)
+        throw CheckpointError(path, "", "'extends' chains more than 8 configs deep (a cycle?)");
+    const std::string parent = (std::filesystem::path(path).parent_path() / j["extends"].get<std::string>())
+                                   .lexically_normal()
+                                   .string();
+    if (!std::filesystem::exists(parent))
+        throw CheckpointError(path, "", "field 'extends' names " + parent + ", which does not exist");
+    nlohmann::json merged = read_with_extends(parent, depth + 1);
+    j.erase("extends");
+    merged.merge_patch(j);
+    return merged;
+}
+
+}  // namespace
+
 TrainConfig TrainConfig::load(const std::string& path) {
-    return from_json(read_json_file(path), path);
+    return from_json(read_with_extends(path, 0), path);
 }
 
 TrainConfig TrainConfig::from_json(const nlohmann::json& j, const std::string& where) {

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Trains the tiny default model, or resumes it where it stopped: every stage of configs/train/tiny-*.json in
+# order into runs/tiny (each stage continues from its latest checkpoint; a finished stage only re-exports).
+#   scripts/train_tiny.sh            the default model (runs/tiny/model)
+#   scripts/train_tiny.sh tables     then the variants of the evaluation tables (configs/train/tables, one run
+#                                    folder each, sharing runs/tiny's base model and latent cache) and both
+#                                    evaluations (out/eval/table1.json, out/eval/table2.json; docs/evaluation.md)
+# Logs go to runs/logs/<stage>.log. Needs the media of scripts/fetch_media.sh (setup fetches it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh build
+mkdir -p runs/logs out/eval
+bin=build/memoreel
+for stage in tokenizer vae base memory ar; do
+  echo "== $stage ($(date -u +%H:%M:%S))"
+  "$bin" train "$stage" --run runs/tiny >> "runs/logs/$stage.log" 2>&1 || { tail -20 "runs/logs/$stage.log"; exit 1; }
+done
+[ "${1:-}" = tables ] || exit 0
+
+for config in configs/train/tables/*.json; do
+  name=$(basename "$config" .json)
+  stage=$(sed -n 's/.*"extends": "..\/tiny-\([a-z]*\).json".*/\1/p' "$config")
+  echo "== $name ($stage, $(date -u +%H:%M:%S))"
+  "$bin" train "$stage" --config "$config" --run "runs/$name" >> "runs/logs/$name.log" 2>&1 ||
+    { tail -20 "runs/logs/$name.log"; exit 1; }
+done
+media=data/media/320x192@16/manifest.json
+models=()
+for run in runs/t1-*; do models+=(--model "$run/model/model.json"); done
+"$bin" eval retrieval "${models[@]}" --media "$media" --stories 8 --out out/eval/table1.json
+"$bin" eval consistency --model runs/tiny/model/model.json --scratch runs/t2-ar-scratch/model/model.json \
+  --stories 4 --seconds 30 --videos out/eval/consistency --out out/eval/table2.json
