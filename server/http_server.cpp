@@ -1,0 +1,565 @@
+#include "server/http_server.h"
+
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/websocket.hpp>
+
+#include <spdlog/spdlog.h>
+
+#include <deque>
+#include <filesystem>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace websocket = beast::websocket;
+namespace net = boost::asio;
+using tcp = net::ip::tcp;
+namespace fs = std::filesystem;
+
+namespace memoreel {
+
+std::string HttpRequest::header(const std::string& lower_name) const {
+    const auto it = headers.find(lower_name);
+    return it == headers.end() ? std::string() : it->second;
+}
+
+HttpResponse HttpResponse::json(int status, const std::string& body) {
+    HttpResponse r;
+    r.status = status;
+    r.body = body;
+    return r;
+}
+
+HttpResponse HttpResponse::error(int status, const std::string& code, const std::string& message) {
+    std::string escaped;
+    for (char c : message) {
+        if (c == '"' || c == '\\')
+            escaped += '\\';
+        if (static_cast<unsigned char>(c) < 0x20) {
+            escaped += ' ';
+            continue;
+        }
+        escaped += c;
+    }
+    return json(status, "{\"error\": {\"code\": \"" + code + "\", \"message\": \"" + escaped + "\"}}");
+}
+
+bool url_decode(const std::string& in, std::string& out, bool plus_is_space) {
+    out.clear();
+    for (size_t i = 0; i < in.size(); ++i) {
+        const char c = in[i];
+        if (c == '%') {
+            if (i + 2 >= in.size() || !std::isxdigit(static_cast<unsigned char>(in[i + 1])) ||
+                !std::isxdigit(static_cast<unsigned char>(in[i + 2])))
+                return false;
+            out += static_cast<char>(std::stoi(in.substr(i + 1, 2), nullptr, 16));
+            i += 2;
+        } else if (c == '+' && plus_is_space) {
+            out += ' ';
+        } else {
+            out += c;
+        }
+    }
+    return true;
+}
+
+std::string static_file_path(const std::string& root, const std::string& request_path) {
+    if (root.empty() || request_path.empty() || request_path[0] != '/')
+        return {};
+    if (request_path.find('\0') != std::string::npos)
+        return {};
+    // Segment by segment: no "..", no hidden files; then the resolved file must still lie under the root
+    // (symbolic links included).
+    std::string rel = request_path.substr(1);
+    if (rel.empty() || rel.back() == '/')
+        rel += "index.html";
+    fs::path p;
+    size_t start = 0;
+    while (start <= rel.size()) {
+        const size_t end = rel.find('/', start);
+        const std::string seg = rel.substr(start, end == std::string::npos ? std::string::npos : end - start);
+        if (seg.empty() || seg == "." || seg == ".." || seg[0] == '.' || seg.find('\\') != std::string::npos)
+            return {};
+        p /= seg;
+        if (end == std::string::npos)
+            break;
+        start = end + 1;
+    }
+    std::error_code ec;
+    const fs::path base = fs::canonical(root, ec);
+    if (ec)
+        return {};
+    const fs::path full = fs::canonical(base / p, ec);
+    if (ec || !fs::is_regular_file(full, ec))
+        return {};
+    const auto rel_to_base = full.lexically_relative(base);
+    if (rel_to_base.empty() || *rel_to_base.begin() == "..")
+        return {};
+    return full.string();
+}
+
+std::string mime_type_for(const std::string& path) {
+    const std::string ext = fs::path(path).extension().string();
+    static const std::map<std::string, std::string> types = {{".html", "text/html; charset=utf-8"},
+                                                             {".js", "text/javascript; charset=utf-8"},
+                                                             {".css", "text/css; charset=utf-8"},
+                                                             {".json", "application/json"},
+                                                             {".png", "image/png"},
+                                                             {".svg", "image/svg+xml"},
+                                                             {".mp4", "video/mp4"},
+                                                             {".webm", "video/webm"},
+                                                             {".txt", "text/plain; charset=utf-8"},
+                                                             {".ico", "image/x-icon"}};
+    const auto it = types.find(ext);
+    return it == types.end() ? "application/octet-stream" : it->second;
+}
+
+struct HttpServer::Impl {
+    HttpServerOptions options;
+    HttpRoutes routes;
+    net::io_context ioc;
+    std::unique_ptr<tcp::acceptor> acceptor;
+    std::vector<std::thread> threads;
+    std::optional<net::executor_work_guard<net::io_context::executor_type>> work;
+    std::atomic<uint64_t> bytes_sent{0};
+    std::atomic<int64_t> connections{0};
+    uint16_t bound_port = 0;
+    bool running = false;
+
+    Impl(HttpServerOptions o, HttpRoutes r) : options(std::move(o)), routes(std::move(r)) {}
+    void accept();
+};
+
+namespace {
+
+HttpRequest to_request(const http::request<http::string_body>& req, const std::string& remote) {
+    HttpRequest r;
+    r.method = std::string(req.method_string());
+    r.target = std::string(req.target());
+    const auto q = r.target.find('?');
+    if (!url_decode(r.target.substr(0, q), r.path, false))
+        r.path = "\x01";  // malformed: routed to a 400
+    if (q != std::string::npos) {
+        std::string rest = r.target.substr(q + 1);
+        size_t start = 0;
+        while (start < rest.size()) {
+            const size_t amp = rest.find('&', start);
+            const std::string pair =
+                rest.substr(start, amp == std::string::npos ? std::string::npos : amp - start);
+            const size_t eq = pair.find('=');
+            std::string k, v;
+            if (url_decode(pair.substr(0, eq), k, true) &&
+                url_decode(eq == std::string::npos ? "" : pair.substr(eq + 1), v, true))
+                r.query[k] = v;
+            if (amp == std::string::npos)
+                break;
+            start = amp + 1;
+        }
+    }
+    for (const auto& f : req) {
+        std::string name(f.name_string());
+        for (auto& c : name)
+            c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        r.headers[name] = std::string(f.value());
+    }
+    r.body = req.body();
+    r.remote = remote;
+    return r;
+}
+
+class WsSession : public WsConnection, public std::enable_shared_from_this<WsSession> {
+  public:
+    WsSession(tcp::socket&& socket,
+              HttpServer::Impl& server,
+              std::shared_ptr<WsHandler> handler,
+              std::string remote)
+        : ws_(std::move(socket)), server_(server), handler_(std::move(handler)), remote_(std::move(remote)) {}
+
+    void run(http::request<http::string_body> req) {
+        ws_.set_option(websocket::stream_base::timeout::suggested(beast::role_type::server));
+        ws_.read_message_max(server_.options.max_ws_message_bytes);
+        ws_.set_option(websocket::stream_base::decorator(
+            [](websocket::response_type& res) { res.set(http::field::server, "memoreel"); }));
+        ws_.async_accept(req, beast::bind_front_handler(&WsSession::on_accept, shared_from_this()));
+    }
+
+    bool send_text(std::string text) override { return enqueue(std::move(text), false); }
+    bool send_binary(std::string bytes) override { return enqueue(std::move(bytes), true); }
+    void close(const std::string& reason) override {
+        net::post(ws_.get_executor(), [self = shared_from_this(), reason] {
+            self->close_reason_ = reason.substr(0, 120);
+            self->closing_ = true;
+            if (!self->writing_)
+                self->do_close();
+        });
+    }
+    size_t queued_bytes() const override { return queued_bytes_.load(); }
+    size_t queued_messages() const override { return queued_messages_.load(); }
+    const std::string& remote() const override { return remote_; }
+    size_t drop_queued() override {
+        std::lock_guard<std::mutex> lock(mutex_);
+        // The front message may be mid-write; everything after it goes.
+        size_t dropped = 0;
+        while (queue_.size() > (writing_ ? 1u : 0u)) {
+            queued_bytes_ -= queue_.back().bytes.size();
+            --queued_messages_;
+            queue_.pop_back();
+            ++dropped;
+        }
+        return dropped;
+    }
+
+  private:
+    struct Message {
+        std::string bytes;
+        bool binary = false;
+    };
+
+    bool enqueue(std::string bytes, bool binary) {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (closed_ || closing_)
+                return false;
+            if (queued_messages_ + 1 > server_.options.max_ws_queue_messages ||
+                queued_bytes_ + bytes.size() > server_.options.max_ws_queue_bytes)
+                return false;
+            queued_bytes_ += bytes.size();
+            ++queued_messages_;
+            queue_.push_back({std::move(bytes), binary});
+        }
+        net::post(ws_.get_executor(), [self = shared_from_this()] { self->write_next(); });
+        return true;
+    }
+
+    void on_accept(beast::error_code ec) {
+        if (ec) {
+            spdlog::debug("websocket accept from {}: {}", remote_, ec.message());
+            return finish();
+        }
+        ++server_.connections;
+        open_ = true;
+        handler_->on_open(shared_from_this());
+        read();
+    }
+
+    void read() {
+        ws_.async_read(buffer_, beast::bind_front_handler(&WsSession::on_read, shared_from_this()));
+    }
+
+    void on_read(beast::error_code ec, std::size_t) {
+        if (ec) {
+            // Beast fails the connection itself (close code 1009, "too big") when a message exceeds the
+            // limit.
+            if (ec == websocket::error::message_too_big)
+                spdlog::info("websocket {}: message over {} bytes, connection closed", remote_,
+                             server_.options.max_ws_message_bytes);
+            return finish();
+        }
+        const std::string data = beast::buffers_to_string(buffer_.data());
+        buffer_.consume(buffer_.size());
+        if (ws_.got_text())
+            handler_->on_text(data);
+        else
+            handler_->on_binary(data);
+        read();
+    }
+
+    void write_next() {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (writing_ || closed_)
+            return;
+        if (queue_.empty()) {
+            if (closing_)
+                net::post(ws_.get_executor(), [self = shared_from_this()] { self->do_close(); });
+            return;
+        }
+        writing_ = true;
+        ws_.binary(queue_.front().binary);
+        ws_.async_write(net::buffer(queue_.front().bytes),
+                        beast::bind_front_handler(&WsSession::on_write, shared_from_this()));
+    }
+
+    void on_write(beast::error_code ec, std::size_t n) {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            writing_ = false;
+            queued_bytes_ -= queue_.front().bytes.size();
+            --queued_messages_;
+            queue_.pop_front();
+        }
+        server_.bytes_sent += n;
+        if (ec)
+            return finish();
+        write_next();
+    }
+
+    void do_close() {
+        if (closed_)
+            return;
+        websocket::close_reason cr(websocket::close_code::normal);
+        cr.reason = close_reason_;
+        ws_.async_close(cr, [self = shared_from_this()](beast::error_code) { self->finish(); });
+    }
+
+    void finish() {
+        if (closed_)
+            return;
+        closed_ = true;
+        if (open_)
+            --server_.connections;
+        if (handler_) {
+            handler_->on_close();
+            handler_.reset();  // the handler may hold this connection: break the cycle
+        }
+    }
+
+    websocket::stream<beast::tcp_stream> ws_;
+    HttpServer::Impl& server_;
+    std::shared_ptr<WsHandler> handler_;
+    std::string remote_;
+    beast::flat_buffer buffer_;
+    mutable std::mutex mutex_;
+    std::deque<Message> queue_;
+    std::atomic<size_t> queued_bytes_{0}, queued_messages_{0};
+    bool writing_ = false;  // changed on the strand under the mutex
+    std::atomic<bool> closing_{false}, closed_{false};
+    bool open_ = false;
+    std::string close_reason_;
+};
+
+class HttpSession : public std::enable_shared_from_this<HttpSession> {
+  public:
+    HttpSession(tcp::socket&& socket, HttpServer::Impl& server)
+        : stream_(std::move(socket)), server_(server) {
+        beast::error_code ec;
+        const auto ep = stream_.socket().remote_endpoint(ec);
+        remote_ = ec ? "?" : ep.address().to_string() + ":" + std::to_string(ep.port());
+    }
+
+    void run() {
+        net::dispatch(stream_.get_executor(),
+                      beast::bind_front_handler(&HttpSession::read, shared_from_this()));
+    }
+
+  private:
+    void read() {
+        parser_.emplace();
+        parser_->body_limit(server_.options.max_body_bytes);
+        parser_->header_limit(16 * 1024);
+        stream_.expires_after(std::chrono::seconds(server_.options.idle_timeout_seconds));
+        http::async_read(stream_, buffer_, *parser_,
+                         beast::bind_front_handler(&HttpSession::on_read, shared_from_this()));
+    }
+
+    void on_read(beast::error_code ec, std::size_t) {
+        if (ec == http::error::end_of_stream)
+            return shutdown();
+        if (ec == http::error::body_limit) {
+            keep_alive_ = false;
+            return write(HttpResponse::error(
+                413, "body_too_large",
+                "the request body is over " + std::to_string(server_.options.max_body_bytes) + " bytes"));
+        }
+        if (ec == http::error::header_limit) {
+            keep_alive_ = false;
+            return write(
+                HttpResponse::error(431, "headers_too_large", "the request headers are over 16 KiB"));
+        }
+        if (ec)
+            return;  // timeout or a broken peer: nothing to answer
+        http::request<http::string_body> req = parser_->release();
+        keep_alive_ = req.keep_alive();
+        version_ = req.version();
+        head_ = req.method() == http::verb::head;
+        const HttpRequest r = to_request(req, remote_);
+        if (websocket::is_upgrade(req)) {
+            if (r.path == server_.routes.ws_path && server_.routes.websocket) {
+                auto handler = server_.routes.websocket(r);
+                if (handler) {
+                    stream_.expires_never();
+                    std::make_shared<WsSession>(stream_.release_socket(), server_, std::move(handler),
+                                                remote_)
+                        ->run(std::move(req));
+                    return;
+                }
+            }
+            keep_alive_ = false;
+            return write(HttpResponse::error(404, "not_found", "no WebSocket endpoint at " + r.path));
+        }
+        if (r.path == "\x01")
+            return write(
+                HttpResponse::error(400, "bad_path", "the request path is not valid percent-encoding"));
+        if (req.method() == http::verb::get || req.method() == http::verb::head) {
+            const std::string file = static_file_path(server_.options.web_root, r.path);
+            if (!file.empty())
+                return write_file(file);
+        }
+        if (!server_.routes.http)
+            return write(HttpResponse::error(404, "not_found", "nothing at " + r.path));
+        // The handler may answer from another thread, later: back onto this connection's strand.
+        auto self = shared_from_this();
+        server_.routes.http(r, [self](HttpResponse res) {
+            net::post(self->stream_.get_executor(),
+                      [self, res = std::move(res)]() mutable { self->write(std::move(res)); });
+        });
+    }
+
+    void write(HttpResponse res) {
+        auto msg = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(res.status),
+                                                                       version_);
+        msg->set(http::field::server, "memoreel");
+        msg->set(http::field::content_type, res.content_type);
+        msg->set(http::field::cache_control, "no-store");
+        for (const auto& [k, v] : res.headers)
+            msg->set(k, v);
+        msg->keep_alive(keep_alive_);
+        msg->body() = head_ ? std::string() : std::move(res.body);
+        msg->prepare_payload();
+        http::async_write(stream_, *msg,
+                          [self = shared_from_this(), msg](beast::error_code ec, std::size_t n) {
+                              self->server_.bytes_sent += n;
+                              self->after_write(ec);
+                          });
+    }
+
+    void write_file(const std::string& path) {
+        http::file_body::value_type body;
+        beast::error_code ec;
+        body.open(path.c_str(), beast::file_mode::scan, ec);
+        if (ec)
+            return write(HttpResponse::error(404, "not_found", "cannot read the file"));
+        const auto size = body.size();
+        auto msg = std::make_shared<http::response<http::file_body>>(
+            std::piecewise_construct, std::make_tuple(std::move(body)),
+            std::make_tuple(http::status::ok, version_));
+        msg->set(http::field::server, "memoreel");
+        msg->set(http::field::content_type, mime_type_for(path));
+        msg->content_length(size);
+        msg->keep_alive(keep_alive_);
+        if (head_) {
+            auto header_only = std::make_shared<http::response<http::empty_body>>(http::status::ok, version_);
+            header_only->set(http::field::content_type, mime_type_for(path));
+            header_only->content_length(size);
+            header_only->keep_alive(keep_alive_);
+            return http::async_write(
+                stream_, *header_only,
+                [self = shared_from_this(), header_only](beast::error_code e, std::size_t n) {
+                    self->server_.bytes_sent += n;
+                    self->after_write(e);
+                });
+        }
+        http::async_write(stream_, *msg,
+                          [self = shared_from_this(), msg](beast::error_code e, std::size_t n) {
+                              self->server_.bytes_sent += n;
+                              self->after_write(e);
+                          });
+    }
+
+    void after_write(beast::error_code ec) {
+        if (ec)
+            return;
+        if (!keep_alive_)
+            return shutdown();
+        read();
+    }
+
+    void shutdown() {
+        beast::error_code ec;
+        stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
+    }
+
+    beast::tcp_stream stream_;
+    HttpServer::Impl& server_;
+    beast::flat_buffer buffer_;
+    std::optional<http::request_parser<http::string_body>> parser_;
+    std::string remote_;
+    bool keep_alive_ = true;
+    bool head_ = false;
+    unsigned version_ = 11;
+};
+
+}  // namespace
+
+void HttpServer::Impl::accept() {
+    acceptor->async_accept(net::make_strand(ioc), [this](beast::error_code ec, tcp::socket socket) {
+        if (ec) {
+            if (ec == net::error::operation_aborted)
+                return;
+            spdlog::warn("accept: {}", ec.message());
+        } else {
+            std::make_shared<HttpSession>(std::move(socket), *this)->run();
+        }
+        accept();
+    });
+}
+
+HttpServer::HttpServer(HttpServerOptions options, HttpRoutes routes)
+    : impl_(std::make_unique<Impl>(std::move(options), std::move(routes))) {}
+
+HttpServer::~HttpServer() {
+    stop();
+}
+
+void HttpServer::start() {
+    Impl& m = *impl_;
+    if (m.running)
+        return;
+    beast::error_code ec;
+    const auto address = net::ip::make_address(m.options.address, ec);
+    if (ec)
+        throw std::runtime_error("server address '" + m.options.address + "': " + ec.message());
+    const tcp::endpoint ep(address, m.options.port);
+    m.acceptor = std::make_unique<tcp::acceptor>(net::make_strand(m.ioc));
+    m.acceptor->open(ep.protocol(), ec);
+    if (!ec)
+        m.acceptor->set_option(net::socket_base::reuse_address(true), ec);
+    if (!ec)
+        m.acceptor->bind(ep, ec);
+    if (!ec)
+        m.acceptor->listen(net::socket_base::max_listen_connections, ec);
+    if (ec)
+        throw std::runtime_error("cannot listen on " + m.options.address + ":" +
+                                 std::to_string(m.options.port) + ": " + ec.message());
+    m.bound_port = m.acceptor->local_endpoint().port();
+    m.work.emplace(m.ioc.get_executor());
+    m.accept();
+    for (int i = 0; i < std::max(1, m.options.threads); ++i)
+        m.threads.emplace_back([&m] { m.ioc.run(); });
+    m.running = true;
+}
+
+void HttpServer::stop() {
+    Impl& m = *impl_;
+    if (!m.running)
+        return;
+    net::post(m.ioc, [&m] {
+        beast::error_code ec;
+        m.acceptor->close(ec);
+    });
+    m.work.reset();
+    m.ioc.stop();
+    for (auto& t : m.threads)
+        t.join();
+    m.threads.clear();
+    m.running = false;
+}
+
+uint16_t HttpServer::port() const {
+    return impl_->bound_port;
+}
+
+uint64_t HttpServer::bytes_sent() const {
+    return impl_->bytes_sent.load();
+}
+
+int64_t HttpServer::open_websockets() const {
+    return impl_->connections.load();
+}
+
+}  // namespace memoreel
