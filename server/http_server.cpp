@@ -2,6 +2,7 @@
 
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -13,6 +14,7 @@
 #include <filesystem>
 #include <mutex>
 #include <optional>
+#include <shared_mutex>
 #include <thread>
 
 namespace beast = boost::beast;
@@ -131,12 +133,31 @@ struct HttpServer::Impl {
     std::atomic<int64_t> connections{0};
     uint16_t bound_port = 0;
     bool running = false;
+    // Closed by stop(): posts from application threads (sends, late HTTP answers) check it first, so none
+    // reaches a stopped io_context.
+    struct Gate {
+        std::shared_mutex mutex;
+        bool open = true;
+    };
+    std::shared_ptr<Gate> gate = std::make_shared<Gate>();
+    // Open WebSocket sessions, so that stop() can end them (and break their handler cycles) first.
+    std::mutex sessions_mutex;
+    std::vector<std::weak_ptr<WsConnection>> sessions;
 
     Impl(HttpServerOptions o, HttpRoutes r) : options(std::move(o)), routes(std::move(r)) {}
     void accept();
 };
 
 namespace {
+
+// The longest prefix of at most n bytes that does not cut a UTF-8 character (close reasons must be valid).
+std::string utf8_prefix(const std::string& s, size_t n) {
+    if (s.size() <= n)
+        return s;
+    while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80)
+        --n;
+    return s.substr(0, n);
+}
 
 HttpRequest to_request(const http::request<http::string_body>& req, const std::string& remote) {
     HttpRequest r;
@@ -179,7 +200,13 @@ class WsSession : public WsConnection, public std::enable_shared_from_this<WsSes
               HttpServer::Impl& server,
               std::shared_ptr<WsHandler> handler,
               std::string remote)
-        : ws_(std::move(socket)), server_(server), handler_(std::move(handler)), remote_(std::move(remote)) {}
+        : ws_(std::move(socket)),
+          server_(server),
+          gate_(server.gate),
+          max_queue_messages_(server.options.max_ws_queue_messages),
+          max_queue_bytes_(server.options.max_ws_queue_bytes),
+          handler_(std::move(handler)),
+          remote_(std::move(remote)) {}
 
     void run(http::request<http::string_body> req) {
         ws_.set_option(websocket::stream_base::timeout::suggested(beast::role_type::server));
@@ -192,11 +219,21 @@ class WsSession : public WsConnection, public std::enable_shared_from_this<WsSes
     bool send_text(std::string text) override { return enqueue(std::move(text), false); }
     bool send_binary(std::string bytes) override { return enqueue(std::move(bytes), true); }
     void close(const std::string& reason) override {
-        net::post(ws_.get_executor(), [self = shared_from_this(), reason] {
-            self->close_reason_ = reason.substr(0, 120);
-            self->closing_ = true;
-            if (!self->writing_)
-                self->do_close();
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (closed_ || closing_)
+                return;
+            closing_ = true;  // enqueue refuses from now on: nothing can follow the Close frame
+            close_reason_ = utf8_prefix(reason, 120);
+        }
+        post([self = shared_from_this()] { self->write_next(); });
+    }
+    // stop(): ends the connection now (on its strand), whatever is queued.
+    void shut_down() {
+        net::post(ws_.get_executor(), [self = shared_from_this()] {
+            beast::error_code ec;
+            beast::get_lowest_layer(self->ws_).socket().close(ec);
+            self->finish();
         });
     }
     size_t queued_bytes() const override { return queued_bytes_.load(); }
@@ -226,15 +263,23 @@ class WsSession : public WsConnection, public std::enable_shared_from_this<WsSes
             std::lock_guard<std::mutex> lock(mutex_);
             if (closed_ || closing_)
                 return false;
-            if (queued_messages_ + 1 > server_.options.max_ws_queue_messages ||
-                queued_bytes_ + bytes.size() > server_.options.max_ws_queue_bytes)
+            if (queued_messages_ + 1 > max_queue_messages_ || queued_bytes_ + bytes.size() > max_queue_bytes_)
                 return false;
             queued_bytes_ += bytes.size();
             ++queued_messages_;
             queue_.push_back({std::move(bytes), binary});
         }
-        net::post(ws_.get_executor(), [self = shared_from_this()] { self->write_next(); });
+        post([self = shared_from_this()] { self->write_next(); });
         return true;
+    }
+
+    // Posts to the strand unless the server has stopped.
+    template <typename F>
+    void post(F&& f) {
+        // Application threads may call after the server stopped: the gate (shared, outliving it) says so.
+        std::shared_lock<std::shared_mutex> lock(gate_->mutex);
+        if (gate_->open)
+            net::post(ws_.get_executor(), std::forward<F>(f));
     }
 
     void on_accept(beast::error_code ec) {
@@ -244,7 +289,12 @@ class WsSession : public WsConnection, public std::enable_shared_from_this<WsSes
         }
         ++server_.connections;
         open_ = true;
-        handler_->on_open(shared_from_this());
+        {
+            std::lock_guard<std::mutex> lock(server_.sessions_mutex);
+            server_.sessions.push_back(weak_from_this());
+        }
+        if (!call_handler([&] { handler_->on_open(shared_from_this()); }))
+            return;
         read();
     }
 
@@ -263,10 +313,9 @@ class WsSession : public WsConnection, public std::enable_shared_from_this<WsSes
         }
         const std::string data = beast::buffers_to_string(buffer_.data());
         buffer_.consume(buffer_.size());
-        if (ws_.got_text())
-            handler_->on_text(data);
-        else
-            handler_->on_binary(data);
+        const bool text = ws_.got_text();
+        if (!call_handler([&] { text ? handler_->on_text(data) : handler_->on_binary(data); }))
+            return;
         read();
     }
 
@@ -275,8 +324,12 @@ class WsSession : public WsConnection, public std::enable_shared_from_this<WsSes
         if (writing_ || closed_)
             return;
         if (queue_.empty()) {
-            if (closing_)
-                net::post(ws_.get_executor(), [self = shared_from_this()] { self->do_close(); });
+            if (closing_ && !close_started_) {
+                close_started_ = true;
+                websocket::close_reason cr(websocket::close_code::normal);
+                cr.reason = close_reason_;
+                ws_.async_close(cr, [self = shared_from_this()](beast::error_code) { self->finish(); });
+            }
             return;
         }
         writing_ = true;
@@ -299,12 +352,19 @@ class WsSession : public WsConnection, public std::enable_shared_from_this<WsSes
         write_next();
     }
 
-    void do_close() {
-        if (closed_)
-            return;
-        websocket::close_reason cr(websocket::close_code::normal);
-        cr.reason = close_reason_;
-        ws_.async_close(cr, [self = shared_from_this()](beast::error_code) { self->finish(); });
+    // An application callback that throws ends this connection, not the server.
+    template <typename F>
+    bool call_handler(F&& f) {
+        try {
+            f();
+            return true;
+        } catch (const std::exception& e) {
+            spdlog::error("websocket {}: handler failed: {}", remote_, e.what());
+        }
+        beast::error_code ec;
+        beast::get_lowest_layer(ws_).socket().close(ec);
+        finish();
+        return false;
     }
 
     void finish() {
@@ -314,20 +374,27 @@ class WsSession : public WsConnection, public std::enable_shared_from_this<WsSes
         if (open_)
             --server_.connections;
         if (handler_) {
-            handler_->on_close();
-            handler_.reset();  // the handler may hold this connection: break the cycle
+            auto handler = std::move(handler_);  // the handler may hold this connection: break the cycle
+            try {
+                handler->on_close();
+            } catch (const std::exception& e) {
+                spdlog::error("websocket {}: on_close failed: {}", remote_, e.what());
+            }
         }
     }
 
     websocket::stream<beast::tcp_stream> ws_;
-    HttpServer::Impl& server_;
+    HttpServer::Impl& server_;  // used on the strand only (the threads are joined before the server goes)
+    std::shared_ptr<HttpServer::Impl::Gate> gate_;
+    size_t max_queue_messages_, max_queue_bytes_;
     std::shared_ptr<WsHandler> handler_;
     std::string remote_;
     beast::flat_buffer buffer_;
     mutable std::mutex mutex_;
     std::deque<Message> queue_;
     std::atomic<size_t> queued_bytes_{0}, queued_messages_{0};
-    bool writing_ = false;  // changed on the strand under the mutex
+    bool writing_ = false;        // changed on the strand under the mutex
+    bool close_started_ = false;  // on the strand
     std::atomic<bool> closing_{false}, closed_{false};
     bool open_ = false;
     std::string close_reason_;
@@ -362,12 +429,15 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
             return shutdown();
         if (ec == http::error::body_limit) {
             keep_alive_ = false;
+            version_ = parser_->get().version();
+            head_ = false;
             return write(HttpResponse::error(
                 413, "body_too_large",
                 "the request body is over " + std::to_string(server_.options.max_body_bytes) + " bytes"));
         }
         if (ec == http::error::header_limit) {
             keep_alive_ = false;
+            head_ = false;
             return write(
                 HttpResponse::error(431, "headers_too_large", "the request headers are over 16 KiB"));
         }
@@ -402,12 +472,24 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
         }
         if (!server_.routes.http)
             return write(HttpResponse::error(404, "not_found", "nothing at " + r.path));
-        // The handler may answer from another thread, later: back onto this connection's strand.
+        // The handler may answer from another thread, later: back onto this connection's strand, once.
         auto self = shared_from_this();
-        server_.routes.http(r, [self](HttpResponse res) {
-            net::post(self->stream_.get_executor(),
-                      [self, res = std::move(res)]() mutable { self->write(std::move(res)); });
-        });
+        auto answered = std::make_shared<std::atomic<bool>>(false);
+        auto gate = server_.gate;
+        Respond respond = [self, answered, gate](HttpResponse res) {
+            if (answered->exchange(true))
+                return;
+            std::shared_lock<std::shared_mutex> lock(gate->mutex);
+            if (gate->open)
+                net::post(self->stream_.get_executor(),
+                          [self, res = std::move(res)]() mutable { self->write(std::move(res)); });
+        };
+        try {
+            server_.routes.http(r, respond);
+        } catch (const std::exception& e) {
+            spdlog::error("{} {}: handler failed: {}", r.method, r.path, e.what());
+            respond(HttpResponse::error(500, "internal", "the server failed to answer this request"));
+        }
     }
 
     void write(HttpResponse res) {
@@ -419,8 +501,12 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
         for (const auto& [k, v] : res.headers)
             msg->set(k, v);
         msg->keep_alive(keep_alive_);
+        const size_t length = res.body.size();
         msg->body() = head_ ? std::string() : std::move(res.body);
         msg->prepare_payload();
+        if (head_)
+            msg->content_length(length);
+        stream_.expires_after(std::chrono::seconds(30));
         http::async_write(stream_, *msg,
                           [self = shared_from_this(), msg](beast::error_code ec, std::size_t n) {
                               self->server_.bytes_sent += n;
@@ -442,6 +528,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
         msg->set(http::field::content_type, mime_type_for(path));
         msg->content_length(size);
         msg->keep_alive(keep_alive_);
+        // A big file to a slow client may take a while; an absent one is cut off.
+        stream_.expires_after(std::chrono::seconds(300));
         if (head_) {
             auto header_only = std::make_shared<http::response<http::empty_body>>(http::status::ok, version_);
             header_only->set(http::field::content_type, mime_type_for(path));
@@ -489,9 +577,13 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 void HttpServer::Impl::accept() {
     acceptor->async_accept(net::make_strand(ioc), [this](beast::error_code ec, tcp::socket socket) {
         if (ec) {
-            if (ec == net::error::operation_aborted)
+            if (ec == net::error::operation_aborted || !acceptor->is_open())
                 return;
             spdlog::warn("accept: {}", ec.message());
+            // Out of descriptors and the like: try again shortly rather than spin.
+            auto timer = std::make_shared<net::steady_timer>(ioc, std::chrono::milliseconds(100));
+            timer->async_wait([this, timer](beast::error_code) { accept(); });
+            return;
         } else {
             std::make_shared<HttpSession>(std::move(socket), *this)->run();
         }
@@ -527,10 +619,24 @@ void HttpServer::start() {
         throw std::runtime_error("cannot listen on " + m.options.address + ":" +
                                  std::to_string(m.options.port) + ": " + ec.message());
     m.bound_port = m.acceptor->local_endpoint().port();
+    m.ioc.restart();
+    {
+        std::unique_lock<std::shared_mutex> lock(m.gate->mutex);
+        m.gate->open = true;
+    }
     m.work.emplace(m.ioc.get_executor());
     m.accept();
     for (int i = 0; i < std::max(1, m.options.threads); ++i)
-        m.threads.emplace_back([&m] { m.ioc.run(); });
+        m.threads.emplace_back([&m] {
+            for (;;) {
+                try {
+                    m.ioc.run();
+                    return;
+                } catch (const std::exception& e) {
+                    spdlog::error("server thread: {}", e.what());
+                }
+            }
+        });
     m.running = true;
 }
 
@@ -538,15 +644,33 @@ void HttpServer::stop() {
     Impl& m = *impl_;
     if (!m.running)
         return;
-    net::post(m.ioc, [&m] {
+    net::post(m.acceptor->get_executor(), [&m] {
         beast::error_code ec;
         m.acceptor->close(ec);
     });
+    // End the WebSocket sessions first (their handlers hear on_close and let go of them), give them a moment,
+    // then stop the network threads.
+    std::vector<std::weak_ptr<WsConnection>> open;
+    {
+        std::lock_guard<std::mutex> lock(m.sessions_mutex);
+        open.swap(m.sessions);
+    }
+    for (auto& w : open)
+        if (auto c = w.lock())
+            static_cast<WsSession*>(c.get())->shut_down();
+    for (int i = 0; i < 200 && m.connections.load() > 0; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    {
+        std::unique_lock<std::shared_mutex> lock(m.gate->mutex);
+        m.gate->open = false;
+    }
     m.work.reset();
     m.ioc.stop();
     for (auto& t : m.threads)
         t.join();
     m.threads.clear();
+    beast::error_code ec;
+    m.acceptor->close(ec);
     m.running = false;
 }
 

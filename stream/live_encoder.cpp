@@ -57,15 +57,17 @@ class Pipeline {
         }
         src_ = gst_bin_get_by_name(GST_BIN(pipeline_), "src");
         sink_ = gst_bin_get_by_name(GST_BIN(pipeline_), "sink");
-        if (gst_element_set_state(pipeline_, GST_STATE_PLAYING) == GST_STATE_CHANGE_FAILURE)
-            fail("the pipeline does not start");
+        try {
+            if (!src_ || !sink_)
+                fail("the pipeline has no appsrc 'src' or appsink 'sink'");
+            if (gst_element_set_state(pipeline_, GST_STATE_PLAYING) == GST_STATE_CHANGE_FAILURE)
+                fail("the pipeline does not start");
+        } catch (...) {
+            release();  // the destructor does not run for a constructor that throws
+            throw;
+        }
     }
-    ~Pipeline() {
-        gst_element_set_state(pipeline_, GST_STATE_NULL);
-        gst_object_unref(src_);
-        gst_object_unref(sink_);
-        gst_object_unref(pipeline_);
-    }
+    ~Pipeline() { release(); }
     Pipeline(const Pipeline&) = delete;
     Pipeline& operator=(const Pipeline&) = delete;
 
@@ -127,6 +129,15 @@ class Pipeline {
     }
 
   private:
+    void release() {
+        gst_element_set_state(pipeline_, GST_STATE_NULL);
+        if (src_)
+            gst_object_unref(src_);
+        if (sink_)
+            gst_object_unref(sink_);
+        gst_object_unref(pipeline_);
+    }
+
     GstElement* pipeline_ = nullptr;
     GstElement* src_ = nullptr;
     GstElement* sink_ = nullptr;
@@ -254,6 +265,18 @@ struct LiveEncoder::Impl {
     }
 
     std::string webm_section(const std::vector<const uint8_t*>& frames) {
+        try {
+            return webm_section_on_pipeline(frames);
+        } catch (...) {
+            // A failed pipeline is not reused: the next section starts a fresh one (a new keyframe anyway).
+            webm.reset();
+            webm_splitter.reset();
+            throw;
+        }
+    }
+
+    std::string webm_section_on_pipeline(const std::vector<const uint8_t*>& frames) {
+        bool fresh = false;  // a new pipeline starts with a keyframe by itself
         if (!webm) {
             webm = std::make_unique<Pipeline>(
                 "appsrc name=src format=time caps=\"" + caps() +
@@ -263,11 +286,12 @@ struct LiveEncoder::Impl {
                 " max-cluster-duration=" + std::to_string(3600 * GST_SECOND) +
                 " ! appsink name=sink sync=false");
             webm_splitter = std::make_unique<SegmentSplitter>(SegmentSplitter::Kind::kWebm);
+            fresh = true;
         }
         const size_t bytes = static_cast<size_t>(o.width) * o.height * 3;
         for (size_t i = 0; i < frames.size(); ++i) {
             const int64_t n = frames_pushed + static_cast<int64_t>(i);
-            if (i == 0 && n > webm_first_frame)
+            if (i == 0 && n > webm_first_frame && !fresh)
                 webm->force_keyframe(frame_ns(n), static_cast<unsigned>(sections));
             webm->push(frames[i], bytes, frame_ns(n), frame_ns(n + 1) - frame_ns(n));
         }

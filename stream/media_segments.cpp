@@ -36,7 +36,7 @@ std::vector<Mp4Box> boxes_in(std::string_view b, uint64_t begin, uint64_t end, u
         if (box.size < box.header)
             throw std::runtime_error("fMP4: box '" + box.type + "' at byte " + std::to_string(at) +
                                      " declares size " + std::to_string(box.size));
-        if (at + box.size > end)
+        if (box.size > end - at)  // (at + size could wrap around)
             break;
         out.push_back(box);
         at += box.size;
@@ -300,7 +300,9 @@ std::string SegmentSplitter::take_open_cluster() {
 
 int64_t webm_cluster_blocks(std::string_view b) {
     const auto id = read_vint(b, 0, true);
-    if (!id || id->value != kClusterId)
+    if (!id)
+        return 0;  // not even the cluster's ID has arrived
+    if (id->value != kClusterId)
         throw std::runtime_error("WebM: a cluster must start with the Cluster element");
     const auto size = read_vint(b, static_cast<uint64_t>(id->length), false);
     if (!size)

@@ -114,6 +114,11 @@ TEST_SUITE("http_server") {
                                     .output;
         CHECK_MESSAGE(big.find("HTTP413") != std::string::npos, big);
         CHECK(big.find("body_too_large") != std::string::npos);
+        // A handler that throws (here: /echo without its query) gives a 500; it does not take the server down.
+        const std::string thrown = curl(port, "/echo");
+        CHECK_MESSAGE(thrown.find("HTTP500") != std::string::npos, thrown);
+        CHECK(thrown.find("\"internal\"") != std::string::npos);
+        CHECK(curl(port, "/", "-I").find("Content-Length: 17") != std::string::npos);  // HEAD keeps the length
         // The server still serves after all that.
         CHECK(curl(port, "/").find("HTTP200") != std::string::npos);
         server.stop();
