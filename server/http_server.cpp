@@ -506,12 +506,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
         msg->prepare_payload();
         if (head_)
             msg->content_length(length);
-        stream_.expires_after(std::chrono::seconds(30));
-        http::async_write(stream_, *msg,
-                          [self = shared_from_this(), msg](beast::error_code ec, std::size_t n) {
-                              self->server_.bytes_sent += n;
-                              self->after_write(ec);
-                          });
+        send(std::move(msg), std::chrono::seconds(30));
     }
 
     void write_file(const std::string& path) {
@@ -521,31 +516,33 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
         if (ec)
             return write(HttpResponse::error(404, "not_found", "cannot read the file"));
         const auto size = body.size();
+        const auto headers = [&](auto& msg) {
+            msg.set(http::field::server, "memoreel");
+            msg.set(http::field::content_type, mime_type_for(path));
+            msg.content_length(size);
+            msg.keep_alive(keep_alive_);
+        };
+        if (head_) {
+            auto msg = std::make_shared<http::response<http::empty_body>>(http::status::ok, version_);
+            headers(*msg);
+            return send(std::move(msg), std::chrono::seconds(30));
+        }
         auto msg = std::make_shared<http::response<http::file_body>>(
             std::piecewise_construct, std::make_tuple(std::move(body)),
             std::make_tuple(http::status::ok, version_));
-        msg->set(http::field::server, "memoreel");
-        msg->set(http::field::content_type, mime_type_for(path));
-        msg->content_length(size);
-        msg->keep_alive(keep_alive_);
+        headers(*msg);
         // A big file to a slow client may take a while; an absent one is cut off.
-        stream_.expires_after(std::chrono::seconds(300));
-        if (head_) {
-            auto header_only = std::make_shared<http::response<http::empty_body>>(http::status::ok, version_);
-            header_only->set(http::field::content_type, mime_type_for(path));
-            header_only->content_length(size);
-            header_only->keep_alive(keep_alive_);
-            return http::async_write(
-                stream_, *header_only,
-                [self = shared_from_this(), header_only](beast::error_code e, std::size_t n) {
-                    self->server_.bytes_sent += n;
-                    self->after_write(e);
-                });
-        }
+        send(std::move(msg), std::chrono::seconds(300));
+    }
+
+    // Writes a response (kept alive by the completion handler) with its own deadline.
+    template <typename Body>
+    void send(std::shared_ptr<http::response<Body>> msg, std::chrono::seconds timeout) {
+        stream_.expires_after(timeout);
         http::async_write(stream_, *msg,
-                          [self = shared_from_this(), msg](beast::error_code e, std::size_t n) {
+                          [self = shared_from_this(), msg](beast::error_code ec, std::size_t n) {
                               self->server_.bytes_sent += n;
-                              self->after_write(e);
+                              self->after_write(ec);
                           });
     }
 
