@@ -1,6 +1,7 @@
 #include "model/ar_session.h"
 
 #include <chrono>
+#include <limits>
 #include <numeric>
 
 #include "model/memory_objectives.h"
@@ -275,6 +276,202 @@ std::map<std::string, int64_t> ARSession::state_bytes() const {
         features += bytes_of(m.features);
     out["memory_features"] = features;
     return out;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Snapshots
+
+namespace {
+
+constexpr int64_t kSnapshotFormat = 1;
+
+nlohmann::json settings_json(const SessionSettings& s, size_t encoders) {
+    return {{"use_memory", s.use_memory},
+            {"window", s.window},
+            {"section_frames", s.section_frames},
+            {"horizon", s.horizon},
+            {"width", s.width},
+            {"height", s.height},
+            {"fps", s.fps},
+            {"seed", s.seed},
+            {"encoders", encoders}};
+}
+
+}  // namespace
+
+ARSessionSnapshot ARSession::snapshot() const {
+    ARSessionSnapshot out;
+    auto& t = out.tensors;
+    t.emplace_back("rng", gen_.get_state());
+    if (window_.defined())
+        t.emplace_back("window", window_);
+    for (size_t l = 0; l < memory_kv_.layers.size(); ++l) {
+        t.emplace_back("kv." + std::to_string(l) + ".k", memory_kv_.layers[l].k);
+        t.emplace_back("kv." + std::to_string(l) + ".v", memory_kv_.layers[l].v);
+    }
+    if (memory_kv_.positions.defined())
+        t.emplace_back("kv.positions", memory_kv_.positions);
+    nlohmann::json memories = nlohmann::json::array();
+    for (size_t i = 0; i < memories_.size(); ++i) {
+        const auto& m = memories_[i];
+        const std::string p = "mem" + std::to_string(i) + ".";
+        if (m.tokens.defined())
+            t.emplace_back(p + "tokens", m.tokens);
+        if (m.features.defined())
+            t.emplace_back(p + "features", m.features);
+        for (const auto& [name, tensor] : m.state.snapshot_tensors())
+            t.emplace_back(p + "state." + name, tensor);
+        memories.push_back({{"grid", m.grid}, {"counters", m.state.snapshot_counters()}});
+    }
+    const VaeStateSnapshot dec = decoder_.snapshot();
+    for (const auto& [name, tensor] : dec.tensors)
+        t.emplace_back("dec." + name, tensor);
+    out.meta = {{"format", kSnapshotFormat},
+                {"settings", settings_json(settings_, memories_.size())},
+                {"sections", sections_},
+                {"latents_done", latents_done_},
+                {"pixels_done", pixels_done_},
+                {"last_prompt", last_prompt_},
+                {"kv_layers", memory_kv_.layers.size()},
+                {"storyboard", storyboard().to_json()},
+                {"memories", memories},
+                {"decoder", dec.counters}};
+    return out;
+}
+
+void ARSession::restore(const ARSessionSnapshot& snap) {
+    const nlohmann::json& m = snap.meta;
+    try {
+        if (m.at("format").get<int64_t>() != kSnapshotFormat)
+            throw std::invalid_argument("unknown snapshot format " + m.at("format").dump());
+        const nlohmann::json want = settings_json(settings_, memories_.size());
+        if (m.at("settings") != want)
+            throw std::invalid_argument("the snapshot was made with other settings: " +
+                                        m.at("settings").dump() + ", this session has " + want.dump());
+        std::map<std::string, torch::Tensor> tensors(snap.tensors.begin(), snap.tensors.end());
+        const auto take = [&](const std::string& name, bool required) {
+            const auto it = tensors.find(name);
+            if (it == tensors.end()) {
+                if (required)
+                    throw std::invalid_argument("the snapshot has no tensor '" + name + "'");
+                return torch::Tensor();
+            }
+            return it->second.to(model_.device());
+        };
+        const auto with_prefix = [&](const std::string& prefix) {
+            std::vector<std::pair<std::string, torch::Tensor>> out;
+            for (const auto& [name, tensor] : tensors)
+                if (name.rfind(prefix, 0) == 0)
+                    out.emplace_back(name.substr(prefix.size()), tensor.to(model_.device()));
+            return out;
+        };
+        const auto& mems = m.at("memories");
+        if (mems.size() != memories_.size())
+            throw std::invalid_argument("the snapshot has " + std::to_string(mems.size()) +
+                                        " memories, this session " + std::to_string(memories_.size()));
+        std::vector<Memory> memories = memories_;
+        for (size_t i = 0; i < memories.size(); ++i) {
+            const std::string p = "mem" + std::to_string(i) + ".";
+            memories[i].tokens = take(p + "tokens", false);
+            memories[i].features = take(p + "features", false);
+            memories[i].grid = mems[i].at("grid").get<std::array<int64_t, 3>>();
+            memories[i].state = MemoryEncoderState::restore(
+                with_prefix(p + "state."), mems[i].at("counters").get<std::map<std::string, int64_t>>());
+        }
+        ContextKV kv;
+        const auto layers = m.at("kv_layers").get<size_t>();
+        if (layers > 0 && layers != model_.config().dit.num_layers)
+            throw std::invalid_argument("the snapshot's memory has " + std::to_string(layers) +
+                                        " DiT blocks, the model " +
+                                        std::to_string(model_.config().dit.num_layers));
+        for (size_t l = 0; l < layers; ++l)
+            kv.layers.push_back(
+                {take("kv." + std::to_string(l) + ".k", true), take("kv." + std::to_string(l) + ".v", true)});
+        kv.positions = layers > 0 ? take("kv.positions", true).cpu() : torch::Tensor();
+        VaeStateSnapshot dec;
+        dec.tensors = with_prefix("dec.");
+        dec.counters = m.at("decoder").get<std::map<std::string, int64_t>>();
+        VaeDecoderState decoder = VaeDecoderState::restore(dec);
+        const torch::Tensor rng = tensors.count("rng") ? tensors.at("rng") : torch::Tensor();
+        if (!rng.defined())
+            throw std::invalid_argument("the snapshot has no tensor 'rng'");
+        Storyboard story = Storyboard::from_json(m.at("storyboard"), "snapshot");
+        // Everything is read: commit.
+        gen_.set_current_seed(settings_.seed);
+        gen_.set_state(rng);
+        memories_ = std::move(memories);
+        memory_kv_ = std::move(kv);
+        decoder_ = std::move(decoder);
+        window_ = take("window", false);
+        sections_ = m.at("sections").get<int64_t>();
+        latents_done_ = m.at("latents_done").get<int64_t>();
+        pixels_done_ = m.at("pixels_done").get<int64_t>();
+        last_prompt_ = m.at("last_prompt").get<std::string>();
+        {
+            std::lock_guard<std::mutex> lock(storyboard_mutex_);
+            storyboard_ = std::move(story);
+        }
+        text_cache_.clear();
+    } catch (const nlohmann::json::exception& e) {
+        throw std::invalid_argument(std::string("malformed session snapshot: ") + e.what());
+    } catch (const c10::Error& e) {
+        throw std::invalid_argument(std::string("malformed session snapshot: ") + e.what_without_backtrace());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Retrieval
+
+int64_t ARSession::latent_frames_in_memory() const {
+    if (memories_.empty())
+        return 0;
+    int64_t frames = std::numeric_limits<int64_t>::max();
+    for (const auto& m : memories_)
+        frames = std::min(frames, m.grid[0] * m.encoder->config().rt);
+    return std::min(frames, latents_done_);
+}
+
+torch::Tensor ARSession::recall_frame(int64_t latent_frame, uint64_t seed) {
+    torch::InferenceMode guard;
+    if (latent_frame < 0 || latent_frame >= latent_frames_in_memory())
+        throw std::out_of_range("latent frame " + std::to_string(latent_frame) +
+                                " is not in the memory (it holds " +
+                                std::to_string(latent_frames_in_memory()) + " latent frames)");
+    const ModelConfig& c = model_.config();
+    const int64_t sf = c.vae.spatial_factor();
+    // Only the memory (no window, no provisional group), seen from the recalled frame's own time, with the
+    // caption that was in force when it was made.
+    ContextAttention context = attend_context(model_.dit(), memory_kv_, static_cast<double>(latent_frame));
+    for (auto& m : memories_) {
+        auto fns = m.encoder->cross_attention(m.features);
+        if (context.cross.empty()) {
+            context.cross = std::move(fns);
+            continue;
+        }
+        for (size_t l = 0; l < fns.size() && l < context.cross.size(); ++l)
+            context.cross[l] = [a = context.cross[l], b = fns[l]](const torch::Tensor& x) {
+                return a(x) + b(x);
+            };
+    }
+    const SamplerConfig sc = c.sampler.with(settings_.sampling);
+    auto sampler = make_sampler(sc);
+    SectionSampling s;
+    s.guidance = sc.guidance;
+    const double seconds =
+        latent_frame == 0
+            ? 0.0
+            : static_cast<double>(1 + c.vae.temporal_factor() * (latent_frame - 1)) / settings_.fps;
+    s.text_cond = text_embedding(storyboard().in_force(seconds));
+    if (s.guidance != 1.0)
+        s.text_uncond = text_embedding(settings_.negative_prompt.empty() ? c.sampler.negative_prompt
+                                                                         : settings_.negative_prompt);
+    auto gen = torch::make_generator<torch::CPUGeneratorImpl>(seed);
+    s.noise = torch::randn({1, c.vae.z_dim, 1, settings_.height / sf, settings_.width / sf}, gen,
+                           torch::TensorOptions().dtype(torch::kFloat32))
+                  .to(model_.device());
+    s.context = &context;
+    const torch::Tensor z = sample_section(model_.dit(), *sampler, s);  // [1, C, 1, h, w]
+    return model_.vae().decode(z)[0].select(1, 0);
 }
 
 }  // namespace memoreel

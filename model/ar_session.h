@@ -47,6 +47,16 @@ struct SessionSettings {
     std::string negative_prompt;
 };
 
+// Everything a session needs to continue exactly where it stopped (DESIGN.md section 4: sessions survive a
+// server restart): named tensors (the RNG state, the memory tokens and their per-block keys/values, the
+// memory encoders' and the VAE decoder's causal caches, the window) and a JSON document (counters,
+// storyboard, the last prompt, and the settings it was made with, which restore() checks). Written to disk by
+// session_snapshot.h.
+struct ARSessionSnapshot {
+    std::vector<std::pair<std::string, torch::Tensor>> tensors;
+    nlohmann::json meta;
+};
+
 struct SectionResult {
     int64_t index = 0;         // section number from 0
     int64_t first_latent = 0;  // latent frame index of the section's first frame
@@ -91,6 +101,22 @@ class ARSession {
     ContextAttention context_for(int64_t first_latent);
     // The memory's per-block keys/values (absolute positions).
     const ContextKV& memory_kv() const { return memory_kv_; }
+
+    // The state between sections (call it from the thread that runs next_section, between sections). The
+    // tensors are shared with the session, not copied: states replace cached tensors instead of writing
+    // into them, so a snapshot stays valid while the session goes on.
+    ARSessionSnapshot snapshot() const;
+    // Continues from a snapshot of a session made with the same model, memory encoders and settings (a
+    // freshly constructed session). Throws std::invalid_argument naming what does not match, or what is
+    // missing or malformed.
+    void restore(const ARSessionSnapshot& snapshot);
+
+    // Retrieval through the model (paper eq. 3 at inference): the latent frame `latent_frame` of the history
+    // recalled with only the compressed memory as context, decoded to pixels [3, H, W] in [-1, 1]. Throws
+    // std::out_of_range when that frame is not in the memory yet (or the session has no memory).
+    torch::Tensor recall_frame(int64_t latent_frame, uint64_t seed = 0);
+    // Latent frames whose memory groups are complete (recall_frame accepts 0 .. this - 1).
+    int64_t latent_frames_in_memory() const;
 
   private:
     torch::Tensor text_embedding(const std::string& prompt);

@@ -2,6 +2,8 @@
 // one, section-by-section decoding and memory appends equal whole-history processing, only the compressed
 // memory grows, and time positions stay inside the horizon.
 #include "model/ar_session.h"
+#include "model/checkpoint.h"
+#include "model/session_snapshot.h"
 #include "tests/test_support.h"
 
 using namespace memoreel;
@@ -243,5 +245,62 @@ TEST_SUITE("ar_session") {
         CHECK(tb.size(1) == 2);
         CHECK_CLOSE(session.memory(), torch::cat({ta, tb}, 1), 1e-5);
         CHECK(session.context_for(8).length() == 34);
+    }
+}
+
+TEST_SUITE("ar_session") {
+    TEST_CASE("a session restored from its snapshot on disk continues exactly as the uninterrupted one") {
+        Fixture f;
+        auto settings = f.settings(1);
+        settings.section_frames = 3;  // a memory group left open across the snapshot
+        const Storyboard story({{0, "a red fox"}, {0.5, "a blue whale"}});
+        ARSession straight(f.model, f.encoder, story, settings);
+        std::vector<torch::Tensor> want;
+        for (int i = 0; i < 3; ++i)
+            want.push_back(straight.next_section().frames);
+
+        test::TempDir dir;
+        const std::string path = dir.path() + "/snapshot.safetensors";
+        {
+            ARSession first(f.model, f.encoder, story, settings);
+            first.next_section();
+            first.set_prompt({2.0, "a green owl"});  // the storyboard travels with the snapshot
+            save_session_snapshot(path, first.snapshot());
+        }
+        ARSession resumed(f.model, f.encoder, Storyboard({{0, "anything"}}), settings);
+        resumed.restore(load_session_snapshot(path));
+        CHECK(resumed.sections_done() == 1);
+        CHECK(resumed.storyboard().entries().size() == 3);
+        for (int i = 1; i < 3; ++i) {
+            const auto r = resumed.next_section();
+            CHECK(r.index == i);
+            CHECK(torch::equal(r.frames, want[static_cast<size_t>(i)]));
+        }
+        CHECK(resumed.memory_tokens() == straight.memory_tokens());
+
+        // Another session's settings are refused with what differs; a file that is no snapshot names itself.
+        auto other = settings;
+        other.seed = 4;
+        ARSession mismatched(f.model, f.encoder, story, other);
+        CHECK_THROWS_WITH_AS(mismatched.restore(load_session_snapshot(path)), doctest::Contains("settings"),
+                             std::invalid_argument);
+        save_tensors(dir.path() + "/plain.safetensors", {{"x", torch::ones({2})}});
+        CHECK_THROWS_WITH_AS(load_session_snapshot(dir.path() + "/plain.safetensors"),
+                             doctest::Contains("not a session snapshot"), std::invalid_argument);
+    }
+
+    TEST_CASE("recall_frame: frames in the memory are recalled through the model, others are refused") {
+        Fixture f;
+        ARSession session(f.model, f.encoder, Storyboard({{0, "a red fox"}}), f.settings());
+        CHECK_THROWS_AS(session.recall_frame(0), std::out_of_range);
+        session.next_section();
+        session.next_section();
+        CHECK(session.latent_frames_in_memory() == 4);
+        const auto frame = session.recall_frame(2, 7);
+        CHECK(frame.sizes() == torch::IntArrayRef({3, 64, 64}));
+        CHECK(torch::isfinite(frame).all().item<bool>());
+        CHECK(torch::equal(frame, session.recall_frame(2, 7)));  // deterministic for a seed
+        CHECK_THROWS_WITH_AS(session.recall_frame(4), doctest::Contains("not in the memory"),
+                             std::out_of_range);
     }
 }
