@@ -13,6 +13,7 @@ void add_data_command(CLI::App& app);
 void add_train_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
 void add_export_command(CLI::App& app);
+void add_serve_command(CLI::App& app);
 // `bench memory`, added under the bench subcommand.
 void add_bench_memory_command(CLI::App& bench);
 

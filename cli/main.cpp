@@ -53,6 +53,7 @@ int main(int argc, char** argv) {
     memoreel::add_train_command(app);
     memoreel::add_eval_command(app);
     memoreel::add_export_command(app);
+    memoreel::add_serve_command(app);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

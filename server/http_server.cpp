@@ -468,7 +468,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
         if (req.method() == http::verb::get || req.method() == http::verb::head) {
             const std::string file = static_file_path(server_.options.web_root, r.path);
             if (!file.empty())
-                return write_file(file);
+                return write_file(file, mime_type_for(file), {});
         }
         if (!server_.routes.http)
             return write(HttpResponse::error(404, "not_found", "nothing at " + r.path));
@@ -493,6 +493,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     }
 
     void write(HttpResponse res) {
+        if (!res.file.empty() && res.status == 200)
+            return write_file(res.file, res.content_type, res.headers);
         auto msg = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(res.status),
                                                                        version_);
         msg->set(http::field::server, "memoreel");
@@ -509,7 +511,9 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
         send(std::move(msg), std::chrono::seconds(30));
     }
 
-    void write_file(const std::string& path) {
+    void write_file(const std::string& path,
+                    const std::string& content_type,
+                    const std::map<std::string, std::string>& extra) {
         http::file_body::value_type body;
         beast::error_code ec;
         body.open(path.c_str(), beast::file_mode::scan, ec);
@@ -518,7 +522,9 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
         const auto size = body.size();
         const auto headers = [&](auto& msg) {
             msg.set(http::field::server, "memoreel");
-            msg.set(http::field::content_type, mime_type_for(path));
+            msg.set(http::field::content_type, content_type);
+            for (const auto& [k, v] : extra)
+                msg.set(k, v);
             msg.content_length(size);
             msg.keep_alive(keep_alive_);
         };

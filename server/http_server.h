@@ -35,6 +35,8 @@ struct HttpResponse {
     std::string content_type = "application/json";
     std::string body;
     std::map<std::string, std::string> headers;  // extra headers (Retry-After, Content-Disposition, ...)
+    // When set, the body is this file (streamed from disk, not read into memory) with content_type.
+    std::string file;
 
     static HttpResponse json(int status, const std::string& body);
     // {"error": {"code", "message"}} with the status.

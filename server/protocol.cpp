@@ -60,7 +60,9 @@ void check_prompt(const std::string& prompt, const Limits& limits, const std::st
 }
 
 StartRequest parse_start(const nlohmann::json& j, const Limits& limits) {
-    only_fields(j, "", {"type", "storyboard", "prompt", "seconds", "seed", "format", "memory", "sampling"});
+    only_fields(j, "",
+                {"type", "storyboard", "prompt", "seconds", "seed", "format", "width", "height", "memory",
+                 "sampling"});
     StartRequest r;
     if (const auto* s = field(j, "storyboard")) {
         if (field(j, "prompt"))
@@ -90,6 +92,10 @@ StartRequest parse_start(const nlohmann::json& j, const Limits& limits) {
         if (r.format != "mp4" && r.format != "webm")
             bad_field("format", "must be mp4 or webm");
     }
+    if (const auto* v = field(j, "width"))
+        r.width = integer(*v, "width", 16, 4096);
+    if (const auto* v = field(j, "height"))
+        r.height = integer(*v, "height", 16, 4096);
     if (const auto* v = field(j, "memory"))
         r.memory = parse_memory_settings(*v);
     if (const auto* v = field(j, "sampling"))
@@ -114,6 +120,39 @@ ResumeRequest parse_resume(const nlohmann::json& j) {
 }
 
 }  // namespace
+
+StartRequest parse_start_request(const nlohmann::json& j, const Limits& limits) {
+    if (!j.is_object())
+        throw ProtocolError("bad_json", "the request must be a JSON object");
+    return parse_start(j, limits);
+}
+
+nlohmann::json StartRequest::to_json() const {
+    nlohmann::json j = {{"storyboard", storyboard.to_json()}, {"format", format}};
+    if (seconds)
+        j["seconds"] = *seconds;
+    if (seed)
+        j["seed"] = *seed;
+    if (width)
+        j["width"] = *width;
+    if (height)
+        j["height"] = *height;
+    nlohmann::json m = nlohmann::json::object();
+    if (memory.enabled)
+        m["enabled"] = *memory.enabled;
+    if (memory.window)
+        m["window"] = *memory.window;
+    if (!m.empty())
+        j["memory"] = m;
+    nlohmann::json sm = nlohmann::json::object();
+    if (sampling.steps)
+        sm["steps"] = *sampling.steps;
+    if (sampling.guidance)
+        sm["guidance"] = *sampling.guidance;
+    if (!sm.empty())
+        j["sampling"] = sm;
+    return j;
+}
 
 nlohmann::json ProtocolError::to_json() const {
     nlohmann::json j = {{"type", "error"}, {"code", code_}, {"message", what()}};

@@ -53,8 +53,12 @@ struct StartRequest {
     std::optional<double> seconds;
     std::optional<uint64_t> seed;
     std::string format = "mp4";
+    std::optional<int64_t> width;  // pixels; the model's by default
+    std::optional<int64_t> height;
     MemorySettings memory;
     SamplingSettings sampling;
+    // The request as the parser reads it (what a session keeps to be rebuilt after a restart).
+    nlohmann::json to_json() const;
 };
 
 struct ResumeRequest {
@@ -85,6 +89,8 @@ using ClientMessage = std::variant<StartRequest, ResumeRequest, Interaction, Pin
 ClientMessage parse_client_message(std::string_view text, const Limits& limits = {});
 
 // Pieces shared with the REST API (the same checks for the same fields).
+// A session.start body without its "type" (POST /v1/sessions).
+StartRequest parse_start_request(const nlohmann::json& j, const Limits& limits);
 Storyboard parse_storyboard(const nlohmann::json& j, const Limits& limits);
 MemorySettings parse_memory_settings(const nlohmann::json& j);
 SamplingSettings parse_sampling_settings(const nlohmann::json& j);
