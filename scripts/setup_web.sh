@@ -28,10 +28,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# playwright-core (tests/web/package.json) needs Node.js 20 or newer; Debian 12's own nodejs is 18.
+# playwright-core 1.56 (tests/web/package.json) needs Node.js 18 or newer: Debian 12's own nodejs is enough.
 node_major=$(node -p 'process.versions.node.split(".")[0]')
-if [ "$node_major" -lt 20 ]; then
-  echo "[setup_web] Node.js $(node --version) is too old for playwright-core: 20 or newer is needed" >&2
+if [ "$node_major" -lt 18 ]; then
+  echo "[setup_web] Node.js $(node --version) is too old for playwright-core: 18 or newer is needed" >&2
   exit 1
 fi
 

@@ -6,6 +6,8 @@ start=$(date +%s)
 scripts/setup.sh build
 # Reference data some tests compare against (fetched from Debian packages, cached under data/).
 scripts/fetch_media.sh ssim
+# The browser test's Chromium and playwright-core (Debian package, pinned npm dependency).
+scripts/setup_web.sh
 built=$(date +%s)
 echo "[test] setup+build took $((built - start)) s"
 cd build
