@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# The main job: set up (install, build), then generate a video with the bundled default model.
-# Extra arguments are passed to `memoreel generate` and override the defaults below.
+# The main job: set up (install, build), then run the server with the bundled default model. Open the printed
+# address in a browser to watch a story and steer it. Extra arguments go to `memoreel serve` (e.g. --port 9000,
+# --address 0.0.0.0, --api-key KEY); the rest of its settings are in configs/server.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh build
-mkdir -p out
-exec build/memoreel generate --model configs/models/memoreel-tiny.json \
-  --prompt "a green striped fox walks into a red room" --frames 33 --seed 1 --out out/sample.mp4 "$@"
+exec build/memoreel serve --config configs/server.json "$@"
