@@ -9,7 +9,9 @@ using namespace memoreel;
 
 namespace {
 
-protocol::Interaction event(const std::string& id, const std::string& prompt, std::optional<double> time = {},
+protocol::Interaction event(const std::string& id,
+                            const std::string& prompt,
+                            std::optional<double> time = {},
                             const std::string& mode = "add") {
     protocol::Interaction i;
     i.event_id = id;
@@ -70,12 +72,14 @@ TEST_SUITE("event_ledger") {
         CHECK(past.event.time == doctest::Approx(29.0 / 16));
         CHECK(past.event.section == 2);
         const auto later = l.submit(event("l", "the red room", 4.0));
-        CHECK(later.event.section == 4);  // 61/16 < 4 <= 77/16
+        CHECK(later.event.section == 5);  // section 4 starts at 61/16 < 4 s, section 5 at 77/16
         CHECK(l.begin_section().applied.at(0).event_id == "p");
         CHECK(l.begin_section().applied.empty());
-        const auto s4 = l.begin_section();
-        CHECK(s4.prompt == "the red room");
-        CHECK(s4.applied.at(0).event_id == "l");
+        CHECK(l.begin_section().prompt == "the beach");
+        const auto s5 = l.begin_section();
+        CHECK(s5.prompt == "the red room");
+        REQUIRE(s5.applied.size() == 1);
+        CHECK(s5.applied[0].event_id == "l");
     }
 
     TEST_CASE("replace rewrites the pending entry in force, add at the same time supersedes") {
