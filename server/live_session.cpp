@@ -700,8 +700,10 @@ std::string LiveSession::inspect_png(double t, nlohmann::json& info) {
         std::lock_guard<std::mutex> lock(mutex_);
         if (pixels_done_ == 0)
             throw protocol::ProtocolError("not_in_memory", "nothing has been generated yet");
-        frame = std::clamp<int64_t>(static_cast<int64_t>(std::llround(t * ar_settings_.fps)), 0,
-                                    pixels_done_ - 1);
+        frame = static_cast<int64_t>(std::llround(t * ar_settings_.fps));
+        if (frame >= pixels_done_)
+            throw protocol::ProtocolError("not_in_memory",
+                                          "t = " + std::to_string(t) + " s has not been generated yet");
         for (const auto& s : sections_) {
             if (frame < section_first_frame + s.frames) {
                 section = s;
