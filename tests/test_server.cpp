@@ -153,7 +153,7 @@ TEST_SUITE("server") {
         Client intruder(server.port());
         intruder.send({{"type", "session.resume"}, {"session_id", id}, {"token", "x" + token.substr(1)}});
         CHECK(intruder.until("error")["code"] == "bad_token");
-        CHECK(curl(server.port(), "/v1/sessions/" + id + " -H 'X-Session-Token: nope'").find("HTTP403") !=
+        CHECK(curl(server.port(), "-H 'X-Session-Token: nope' /v1/sessions/" + id).find("HTTP403") !=
               std::string::npos);
 
         c.send({{"type", "session.stop"}});
