@@ -103,13 +103,6 @@ void write_frames(VideoFileWriter& writer, const torch::Tensor& frames) {
         writer.write_rgb(rgb[t].contiguous().data_ptr<uint8_t>());
 }
 
-torch::Device parse_device(const std::string& name) {
-    const torch::Device device(name);  // throws with LibTorch's message for a malformed name
-    if (device.is_cuda() && !torch::cuda::is_available())
-        throw std::invalid_argument("--device " + name + ": this LibTorch build or machine has no CUDA");
-    return device;
-}
-
 // Section by section through the autoregressive session; frames go to the file as each section is decoded, so
 // memory use does not grow with the video's length.
 void run_storyboard(const GenerateArgs& a) {

@@ -215,4 +215,11 @@ torch::Tensor video_to_rgb24(const torch::Tensor& video) {
         .contiguous();
 }
 
+torch::Device parse_device(const std::string& name) {
+    const torch::Device device(name);
+    if (device.is_cuda() && !torch::cuda::is_available())
+        throw std::invalid_argument("device " + name + ": this LibTorch build or machine has no CUDA");
+    return device;
+}
+
 }  // namespace memoreel

@@ -79,6 +79,10 @@ class VideoModel {
 // loading a model.
 void validate_request(const ModelConfig& config, const GenerateRequest& request);
 
+// "cpu", "cuda" or "cuda:N"; std::invalid_argument when this build or machine has no CUDA (LibTorch's own
+// message for a malformed name).
+torch::Device parse_device(const std::string& name);
+
 // [3, T, H, W] in [-1, 1] -> [T, H, W, 3] uint8 (rounded), ready for a video encoder.
 torch::Tensor video_to_rgb24(const torch::Tensor& video);
 

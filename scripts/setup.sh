@@ -17,25 +17,13 @@ PACKAGES=(
   libsqlite3-dev
 )
 
-SUDO=()
-if [ "$(id -u)" -ne 0 ]; then
-  if ! command -v sudo >/dev/null; then
-    echo "[setup] not root and no sudo: run this script as root once to install the packages" >&2
-    exit 1
-  fi
-  # -n: never wait for a password on a machine without a terminal (CI); fail with sudo's message instead.
-  SUDO=(sudo -n)
-fi
-
+source scripts/debian_packages.sh
+use_sudo setup
 missing=()
 for p in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then missing+=("$p"); fi
 done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "[setup] installing ${#missing[@]} Debian packages: ${missing[*]}"
-  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+apt_install setup "${missing[@]}"
 
 # The BLAS trap: the default libblas.so.3 is the reference BLAS (~6 GFLOP/s fp32). OpenBLAS-openmp shares
 # LibTorch's OpenMP pool (the pthread variant's own spinning threads fight it).

@@ -6,27 +6,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SUDO=()
-if [ "$(id -u)" -ne 0 ]; then
-  if ! command -v sudo >/dev/null; then
-    echo "[setup_web] not root and no sudo: run this script as root once to install the packages" >&2
-    exit 1
-  fi
-  # -n: never wait for a password on a machine without a terminal (CI); fail with sudo's message instead.
-  SUDO=(sudo -n)
-fi
-
+source scripts/debian_packages.sh
+use_sudo setup_web
 missing=()
 if ! command -v chromium >/dev/null && [ ! -x /usr/bin/chromium ]; then missing+=(chromium); fi
 # Commands, not package names: a Node.js from another source ships npm inside its nodejs package, and
 # Debian's npm package would conflict with it.
 if ! command -v node >/dev/null; then missing+=(nodejs); fi
 if ! command -v npm >/dev/null; then missing+=(npm); fi
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "[setup_web] installing Debian packages: ${missing[*]}"
-  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+apt_install setup_web "${missing[@]}"
 
 # playwright-core 1.56 (tests/web/package.json) needs Node.js 18 or newer: Debian 12's own nodejs is enough.
 node_major=$(node -p 'process.versions.node.split(".")[0]')

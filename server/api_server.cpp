@@ -4,10 +4,10 @@
 
 #include <filesystem>
 #include <future>
-#include <random>
 #include <sstream>
 
 #include "server/live_socket.h"
+#include "server/random_id.h"
 
 namespace memoreel {
 
@@ -49,11 +49,6 @@ nlohmann::json parse_body(const HttpRequest& r) {
     } catch (const nlohmann::json::exception& e) {
         throw protocol::ProtocolError("bad_json", std::string("the body is not JSON: ") + e.what());
     }
-}
-
-std::string random_event_id() {
-    std::random_device rd;
-    return "rest_" + std::to_string(rd()) + std::to_string(rd());
 }
 
 // The OpenAI create-video body, extended with a storyboard, memory and sampling, as a session.start request.
@@ -192,9 +187,8 @@ void ApiServer::handle(const HttpRequest& r, Respond respond) {
                     : HttpResponse::error(503, "not_ready", "the inference worker is not running"));
         if (r.path == "/metrics") {
             sessions_->update_metrics();
-            static std::atomic<uint64_t> reported{0};
             const uint64_t sent = http_->bytes_sent();
-            const uint64_t before = reported.exchange(sent);
+            const uint64_t before = bytes_reported_.exchange(sent);
             if (sent > before)
                 metrics_.add("memoreel_bytes_sent_total", static_cast<double>(sent - before));
             HttpResponse res;
@@ -267,7 +261,8 @@ void ApiServer::handle_session(const HttpRequest& r,
             event[it.key()] = it.value();
         }
         const nlohmann::json message = {
-            {"event_id", body.contains("event_id") ? body["event_id"] : nlohmann::json(random_event_id())},
+            {"event_id",
+             body.contains("event_id") ? body["event_id"] : nlohmann::json(random_hex(8, "rest_"))},
             {"event", event}};
         const auto submitted = session->submit(protocol::parse_interaction(message, limits));
         const PromptEvent& e = submitted.event;

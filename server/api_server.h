@@ -46,6 +46,8 @@ class ApiServer {
     std::vector<std::weak_ptr<class LiveSocket>> pending_sockets_;
     std::thread timeouts_;
     std::atomic<bool> stopping_{false};
+    std::atomic<uint64_t> bytes_reported_{
+        0};  // bytes_sent() at the last /metrics (the counter gets the rest)
 };
 
 }  // namespace memoreel

@@ -1,12 +1,13 @@
 #include "server/job_store.h"
 
+#include "server/random_id.h"
+
 #include <sqlite3.h>
 
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <limits>
-#include <random>
 #include <stdexcept>
 
 namespace memoreel {
@@ -351,15 +352,7 @@ std::vector<JobRecord> JobStore::unfinished() const {
 }
 
 std::string make_job_id() {
-    static constexpr char kHex[] = "0123456789abcdef";
-    std::random_device device;
-    std::string id = "video_";
-    for (int word = 0; word < 3; ++word) {
-        uint32_t bits = device();  // 32 random bits: 8 hex characters
-        for (int i = 0; i < 8; ++i, bits >>= 4)
-            id += kHex[bits & 15];
-    }
-    return id;
+    return random_hex(12, "video_");  // 24 hex characters
 }
 
 }  // namespace memoreel

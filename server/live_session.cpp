@@ -9,6 +9,7 @@
 
 #include "model/json_util.h"
 #include "model/session_snapshot.h"
+#include "server/random_id.h"
 #include "stream/png_encoder.h"
 #include "stream/video_file_reader.h"
 
@@ -19,18 +20,6 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr int64_t kStateFormat = 1;
-
-std::string random_hex(size_t bytes) {
-    std::random_device rd;
-    static const char* digits = "0123456789abcdef";
-    std::string out;
-    for (size_t i = 0; i < bytes; ++i) {
-        const unsigned v = rd() & 0xff;
-        out += digits[v >> 4];
-        out += digits[v & 15];
-    }
-    return out;
-}
 
 double ms_between(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
     return std::chrono::duration<double, std::milli>(b - a).count();
@@ -344,18 +333,13 @@ LiveSession::SectionReport LiveSession::run_section() {
         write_file_atomic(dir_ + "/session.json", state_json().dump(1));
         report.finished = status_ != "running";
 
-        metadata = {{"type", "video.chunk_metadata"},
-                    {"chunk_index", r.index},
-                    {"frames", segment.frames},
-                    {"start_seconds", segment.start_seconds},
-                    {"duration_seconds", segment.duration_seconds},
-                    {"prompt", r.prompt},
-                    {"events", {{"started", nlohmann::json::array()}, {"active", start.active}}},
-                    {"stats", stats_json()}};
+        const nlohmann::json stats = stats_message();
+        metadata = chunk_metadata(r.index, stored);
+        metadata["events"] = {{"started", nlohmann::json::array()}, {"active", start.active}};
         for (const auto& e : start.applied)
             metadata["events"]["started"].push_back(e.event_id);
-        nlohmann::json stats = {{"type", "session.stats"}};
-        stats.update(stats_json());
+        metadata["stats"] = stats;
+        metadata["stats"].erase("type");
         for (auto& v : viewers_) {
             if (!v->has_init())
                 v->send_init(init_segment_);
@@ -368,10 +352,8 @@ LiveSession::SectionReport LiveSession::run_section() {
                 webm_history_.pop_front();
         }
         if (report.finished)
-            finish(status_, status_ == "completed" ? "completed" : status_);
-        viewers_.erase(
-            std::remove_if(viewers_.begin(), viewers_.end(), [](const auto& v) { return v->closed(); }),
-            viewers_.end());
+            finish(status_, status_);
+        drop_viewers([](const Viewer& v) { return v.closed(); });
     }
     if (!previous_snapshot.empty() && previous_snapshot != snapshot_file)
         fs::remove(dir_ + "/" + previous_snapshot);
@@ -472,15 +454,9 @@ void LiveSession::attach(const std::shared_ptr<Viewer>& viewer, std::optional<in
         if (format_ == "mp4") {
             for (int64_t k = from; k < n; ++k) {
                 const StoredSection& s = sections_[static_cast<size_t>(k)];
-                viewer->send_section(k,
-                                     {{"type", "video.chunk_metadata"},
-                                      {"chunk_index", k},
-                                      {"frames", s.frames},
-                                      {"start_seconds", s.start_seconds},
-                                      {"duration_seconds", s.duration_seconds},
-                                      {"prompt", s.prompt},
-                                      {"replay", true}},
-                                     read_archive(s.offset, s.length));
+                nlohmann::json meta = chunk_metadata(k, s);
+                meta["replay"] = true;
+                viewer->send_section(k, meta, read_archive(s.offset, s.length));
             }
         } else {
             for (const auto& [meta, bytes] : webm_history_) {
@@ -491,9 +467,7 @@ void LiveSession::attach(const std::shared_ptr<Viewer>& viewer, std::optional<in
             viewer->set_next_section(n);
         }
     }
-    nlohmann::json stats = {{"type", "session.stats"}};
-    stats.update(stats_json());
-    viewer->send_json(stats);
+    viewer->send_json(stats_message());
     if (status_ != "queued" && status_ != "running" && status_ != "stopping")
         viewer->send_json({{"type", "session.done"},
                            {"reason", status_ == "failed" ? "error" : status_},
@@ -505,9 +479,16 @@ void LiveSession::attach(const std::shared_ptr<Viewer>& viewer, std::optional<in
 void LiveSession::detach(const Viewer* viewer) {
     std::lock_guard<std::mutex> lock(mutex_);
     last_activity_ = std::chrono::steady_clock::now();
-    viewers_.erase(std::remove_if(viewers_.begin(), viewers_.end(),
-                                  [&](const auto& v) { return v.get() == viewer || v->closed(); }),
-                   viewers_.end());
+    drop_viewers([&](const Viewer& v) { return &v == viewer || v.closed(); });
+}
+
+// Under mutex_: the sections a leaving viewer skipped stay counted in dropped_sections().
+void LiveSession::drop_viewers(const std::function<bool(const Viewer&)>& leaving) {
+    const auto gone =
+        std::stable_partition(viewers_.begin(), viewers_.end(), [&](const auto& v) { return !leaving(*v); });
+    for (auto it = gone; it != viewers_.end(); ++it)
+        dropped_ += (*it)->skipped_sections();
+    viewers_.erase(gone, viewers_.end());
 }
 
 void LiveSession::stop(const std::string& reason) {
@@ -587,6 +568,21 @@ std::string LiveSession::read_archive(uint64_t offset, uint64_t length) const {
         throw std::runtime_error(archive_path() + ": cannot read " + std::to_string(length) + " bytes at " +
                                  std::to_string(offset));
     return out;
+}
+
+nlohmann::json LiveSession::stats_message() const {
+    nlohmann::json j = {{"type", "session.stats"}};
+    j.update(stats_json());
+    return j;
+}
+
+nlohmann::json LiveSession::chunk_metadata(int64_t section, const StoredSection& s) {
+    return {{"type", "video.chunk_metadata"},
+            {"chunk_index", section},
+            {"frames", s.frames},
+            {"start_seconds", s.start_seconds},
+            {"duration_seconds", s.duration_seconds},
+            {"prompt", s.prompt}};
 }
 
 nlohmann::json LiveSession::stats_json() const {

@@ -12,6 +12,7 @@
 
 #include <chrono>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -108,10 +109,12 @@ class LiveSession {
     void ensure_ar();
     void save_state(const std::string& snapshot_file);
     nlohmann::json state_json() const;
-    nlohmann::json stats_json() const;  // under mutex_
+    nlohmann::json stats_json() const;     // under mutex_
+    nlohmann::json stats_message() const;  // session.stats, under mutex_
     nlohmann::json video_start_json() const;
-    void broadcast(const nlohmann::json& message);                      // under mutex_
-    void finish(const std::string& status, const std::string& reason);  // under mutex_
+    void broadcast(const nlohmann::json& message);                         // under mutex_
+    void drop_viewers(const std::function<bool(const Viewer&)>& leaving);  // under mutex_
+    void finish(const std::string& status, const std::string& reason);     // under mutex_
     std::string read_archive(uint64_t offset, uint64_t length) const;
 
     ModelHost& host_;
@@ -146,6 +149,8 @@ class LiveSession {
         double start_seconds = 0, duration_seconds = 0;
         std::string prompt;
     };
+    // video.chunk_metadata of a stored section (without events and stats).
+    static nlohmann::json chunk_metadata(int64_t section, const StoredSection& s);
     uint64_t archive_init_bytes_ = 0;
     std::vector<StoredSection> sections_;
     std::deque<std::pair<nlohmann::json, std::string>> webm_history_;  // metadata, segment
@@ -161,7 +166,7 @@ class LiveSession {
     std::chrono::steady_clock::time_point clock_origin_;  // real-time pacing: video time 0 in wall time
     std::chrono::steady_clock::time_point last_activity_;
     int64_t queue_position_ = 0;
-    int64_t dropped_ = 0;
+    int64_t dropped_ = 0;  // sections skipped by viewers that have left
 };
 
 }  // namespace memoreel

@@ -6,17 +6,6 @@
 
 namespace memoreel {
 
-namespace {
-
-torch::Device parse_device(const std::string& name) {
-    const torch::Device device(name);
-    if (device.is_cuda() && !torch::cuda::is_available())
-        throw std::invalid_argument("device " + name + ": this LibTorch build or machine has no CUDA");
-    return device;
-}
-
-}  // namespace
-
 ModelHost::ModelHost(const ModelHostOptions& o) {
     if (o.dtype != "fp32" && o.dtype != "bf16")
         throw std::invalid_argument("dtype must be fp32 or bf16, got " + o.dtype);

@@ -1,25 +1,17 @@
 #include "server/session_manager.h"
 
+#include "server/random_id.h"
+
 #include <spdlog/spdlog.h>
 
 #include <cmath>
 #include <filesystem>
-#include <random>
 
 namespace memoreel {
 
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string make_session_id() {
-    std::random_device rd;
-    static const char* digits = "0123456789abcdef";
-    std::string id = "s_";
-    for (int i = 0; i < 20; ++i)
-        id += digits[rd() & 15];
-    return id;
-}
 
 int64_t unix_now() {
     return std::chrono::duration_cast<std::chrono::seconds>(
@@ -48,7 +40,8 @@ SessionManager::SessionManager(ModelHost& host, SessionManagerOptions options, M
                    {"session"});
     metrics_.gauge("memoreel_queue_depth", "Live sessions waiting for the worker");
     metrics_.gauge("memoreel_viewers", "Connected viewers");
-    metrics_.gauge("memoreel_dropped_segments", "Sections skipped for slow viewers (connected viewers)");
+    metrics_.gauge("memoreel_dropped_segments",
+                   "Sections skipped for slow viewers, over the sessions the server holds");
 }
 
 SessionManager::~SessionManager() {
@@ -66,8 +59,6 @@ void SessionManager::restore_all() {
         try {
             auto s = LiveSession::restore(host_, options_.session, entry.path().string());
             sessions_[s->id()] = s;
-            if (s->kind() == LiveSession::Kind::kJob)
-                job_of_session_[s->id()] = s->id();
             spdlog::info("restored session {} ({}, {:.1f} s generated)", s->id(), s->status(),
                          s->seconds_generated());
         } catch (const std::exception& e) {
@@ -84,7 +75,6 @@ void SessionManager::restore_all() {
             auto s = LiveSession::create(host_, r, options_.session, session_dir(j.id), j.id,
                                          LiveSession::Kind::kJob);
             sessions_[j.id] = s;
-            job_of_session_[j.id] = j.id;
         } catch (const std::exception& e) {
             j.status = "failed";
             j.error_code = "internal";
@@ -130,7 +120,7 @@ std::shared_ptr<LiveSession> SessionManager::create_session(const protocol::Star
         throw protocol::ProtocolError("too_many_sessions", "the server runs " + std::to_string(live) +
                                                                " live sessions, its limit; try again in " +
                                                                std::to_string(retry_after_seconds()) + " s");
-    const std::string id = make_session_id();
+    const std::string id = random_hex(10, "s_");
     auto s =
         LiveSession::create(host_, request, options_.session, session_dir(id), id, LiveSession::Kind::kLive);
     sessions_[id] = s;
@@ -153,7 +143,6 @@ bool SessionManager::remove(const std::string& id) {
             return false;
         s = it->second;
         sessions_.erase(it);
-        job_of_session_.erase(id);
     }
     s->stop("stopped");
     // The worker may be in this session's section: its files go once it is done (the task runs between
@@ -182,7 +171,6 @@ JobRecord SessionManager::create_job(const protocol::StartRequest& request,
                                  LiveSession::Kind::kJob);
     jobs_->insert(j);
     sessions_[j.id] = s;
-    job_of_session_[j.id] = j.id;
     wake_.notify_all();
     return j;
 }

@@ -84,7 +84,6 @@ class SessionManager {
     mutable std::mutex mutex_;
     std::condition_variable wake_;
     std::map<std::string, std::shared_ptr<LiveSession>> sessions_;
-    std::map<std::string, std::string> job_of_session_;  // session id -> job id
     std::deque<std::function<void()>> tasks_;
     std::string last_live_;  // round-robin cursor
     bool stopping_ = false;

@@ -3,32 +3,22 @@
 // and binary both ways, the message limit, and the bounded send queue.
 #include <doctest/doctest.h>
 
-#include <boost/asio/connect.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/beast/core.hpp>
-#include <boost/beast/websocket.hpp>
-
 #include <filesystem>
 #include <fstream>
 #include <thread>
 
 #include "server/http_server.h"
-#include "tests/test_support.h"
+#include "tests/loopback_client.h"
 
 using namespace memoreel;
 namespace beast = boost::beast;
 namespace websocket = beast::websocket;
 namespace net = boost::asio;
 using tcp = net::ip::tcp;
+using test::curl;
+using test::WsClient;
 
 namespace {
-
-// Body and status (" HTTP<code>") of a request; extra curl arguments before the URL.
-std::string curl(uint16_t port, const std::string& path, const std::string& args = "") {
-    return test::run_command("curl -s --path-as-is -w ' HTTP%{http_code}' " + args +
-                             " 'http://127.0.0.1:" + std::to_string(port) + path + "'")
-        .output;
-}
 
 // Echoes text back as "echo: ...", binary back as binary; remembers that it was closed.
 struct EchoHandler : WsHandler {
@@ -40,23 +30,6 @@ struct EchoHandler : WsHandler {
     void on_close() override {
         closed = true;
         conn.reset();
-    }
-};
-
-struct WsClient {
-    net::io_context ioc;
-    websocket::stream<tcp::socket> ws{ioc};
-    explicit WsClient(uint16_t port, const std::string& path = "/v1/realtime/video") {
-        tcp::resolver resolver(ioc);
-        net::connect(ws.next_layer(), resolver.resolve("127.0.0.1", std::to_string(port)));
-        ws.handshake("127.0.0.1", path);
-    }
-    std::string read(bool* binary = nullptr) {
-        beast::flat_buffer b;
-        ws.read(b);
-        if (binary)
-            *binary = !ws.got_text();
-        return beast::buffers_to_string(b.data());
     }
 };
 
@@ -114,11 +87,13 @@ TEST_SUITE("http_server") {
                                     .output;
         CHECK_MESSAGE(big.find("HTTP413") != std::string::npos, big);
         CHECK(big.find("body_too_large") != std::string::npos);
-        // A handler that throws (here: /echo without its query) gives a 500; it does not take the server down.
+        // A handler that throws (here: /echo without its query) gives a 500; it does not take the server
+        // down.
         const std::string thrown = curl(port, "/echo");
         CHECK_MESSAGE(thrown.find("HTTP500") != std::string::npos, thrown);
         CHECK(thrown.find("\"internal\"") != std::string::npos);
-        CHECK(curl(port, "/", "-I").find("Content-Length: 17") != std::string::npos);  // HEAD keeps the length
+        CHECK(curl(port, "/", "-I").find("Content-Length: 17") !=
+              std::string::npos);  // HEAD keeps the length
         // The server still serves after all that.
         CHECK(curl(port, "/").find("HTTP200") != std::string::npos);
         server.stop();
@@ -159,8 +134,9 @@ TEST_SUITE("http_server") {
             beast::flat_buffer b;
             while (!ec)
                 c.ws.read(b, ec);
-            // The connection ends: a close frame with 1009 when the client reads it before the server's socket
-            // closes, otherwise a reset or broken pipe (the server closed with the rest of the message unread).
+            // The connection ends: a close frame with 1009 when the client reads it before the server's
+            // socket closes, otherwise a reset or broken pipe (the server closed with the rest of the message
+            // unread).
             CHECK(ec);
             if (ec == websocket::error::closed)
                 CHECK(c.ws.reason().code == websocket::close_code::too_big);

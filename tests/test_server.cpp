@@ -4,17 +4,9 @@
 // the server goes on serving others, and the REST API (sessions, tokens, jobs, limits, metrics).
 #include <doctest/doctest.h>
 
-#include <sys/socket.h>
-#include <sys/time.h>
-
-#include <boost/asio/connect.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/beast/core.hpp>
-#include <boost/beast/websocket.hpp>
-
 #include "server/api_server.h"
 #include "stream/media_segments.h"
-#include "tests/test_support.h"
+#include "tests/loopback_client.h"
 
 using namespace memoreel;
 namespace beast = boost::beast;
@@ -24,24 +16,14 @@ using tcp = net::ip::tcp;
 
 namespace {
 
-struct Client {
-    net::io_context ioc;
-    websocket::stream<tcp::socket> ws{ioc};
-    explicit Client(uint16_t port, const std::string& path = "/v1/realtime/video") {
-        tcp::resolver resolver(ioc);
-        net::connect(ws.next_layer(), resolver.resolve("127.0.0.1", std::to_string(port)));
-        // A test must fail, not hang, when an expected message never comes.
-        timeval tv{60, 0};
-        setsockopt(ws.next_layer().native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-        ws.handshake("127.0.0.1", path);
-    }
+struct Client : test::WsClient {
+    using test::WsClient::WsClient;
     void send(const nlohmann::json& j) { ws.write(net::buffer(j.dump())); }
     // The next message; binary ones come back as {"binary": size} with the bytes in *bytes.
     nlohmann::json next(std::string* bytes = nullptr) {
-        beast::flat_buffer b;
-        ws.read(b);
-        const std::string s = beast::buffers_to_string(b.data());
-        if (!ws.got_text()) {
+        bool binary = false;
+        const std::string s = read(&binary);
+        if (binary) {
             if (bytes)
                 *bytes = s;
             return {{"binary", s.size()}};
@@ -61,15 +43,11 @@ struct Client {
     }
 };
 
-// args: curl options, then the path last ("-X POST -d '{}' /v1/sessions"). Returns the body and "
-// HTTP<code>".
+// args: curl options, then the path last ("-X POST -d '{}' /v1/sessions").
 std::string curl(uint16_t port, const std::string& args) {
     const size_t cut = args.find_last_of(' ');
-    const std::string options = cut == std::string::npos ? "" : args.substr(0, cut);
-    const std::string path = cut == std::string::npos ? args : args.substr(cut + 1);
-    return test::run_command("curl -s -w ' HTTP%{http_code}' " + options +
-                             " 'http://127.0.0.1:" + std::to_string(port) + path + "'")
-        .output;
+    return cut == std::string::npos ? test::curl(port, args)
+                                    : test::curl(port, args.substr(cut + 1), args.substr(0, cut));
 }
 
 struct Server {
