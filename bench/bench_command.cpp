@@ -134,7 +134,8 @@ void bench_vae(const BenchArgs& a) {
 
 void add_bench_command(CLI::App& app) {
     auto args = std::make_shared<BenchArgs>();
-    CLI::App* cmd = app.add_subcommand("bench", "Benchmarks of the networks at one section");
+    CLI::App* cmd = app.add_subcommand(
+        "bench", "Benchmarks: the networks at one section, the memory, the server under load");
     cmd->require_subcommand(1);
     auto add_common = [&](CLI::App* sub) {
         sub->add_option("--model", args->model, "Model config")->capture_default_str();
@@ -158,6 +159,7 @@ void add_bench_command(CLI::App& app) {
     vae->add_flag("--first-section", args->first_section, "Decode the stream's first section (no cache)");
     vae->callback([args] { bench_vae(*args); });
     add_bench_memory_command(*cmd);
+    add_bench_serve_command(*cmd);
 }
 
 }  // namespace memoreel

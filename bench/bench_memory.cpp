@@ -21,11 +21,11 @@
 
 #include "bench/bench_util.h"
 #include "cli/commands.h"
-#include "cli/process_memory.h"
 #include "model/context_kv.h"
 #include "model/memory_encoder.h"
 #include "model/memory_geometry.h"
 #include "model/memory_objectives.h"
+#include "model/process_memory.h"
 #include "model/wan_dit.h"
 #include "model/wan_vae.h"
 

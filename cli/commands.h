@@ -14,7 +14,8 @@ void add_train_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
 void add_export_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
-// `bench memory`, added under the bench subcommand.
+// `bench memory` and `bench serve` (the load run), added under the bench subcommand.
 void add_bench_memory_command(CLI::App& bench);
+void add_bench_serve_command(CLI::App& bench);
 
 }  // namespace memoreel

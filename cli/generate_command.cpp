@@ -9,7 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
-#include "cli/process_memory.h"
+#include "model/process_memory.h"
 #include "cli/progress_bar.h"
 #include "model/ar_session.h"
 #include "model/checkpoint.h"

@@ -24,7 +24,7 @@ std::vector<std::string> split_path(const std::string& path) {
 }
 
 int status_for(const std::string& code) {
-    if (code == "too_many_sessions" || code == "too_many_jobs")
+    if (code == "too_many_sessions" || code == "too_many_jobs" || code == "busy")
         return 429;
     if (code == "unknown_session" || code == "not_found")
         return 404;
@@ -300,26 +300,34 @@ void ApiServer::handle_session(const HttpRequest& r,
         } catch (const std::exception&) {
             throw protocol::ProtocolError("bad_field", "query 't': seconds >= 0 are required");
         }
-        // The model runs on the worker only: the answer comes when the worker reaches this task.
-        sessions_->post([session, t, respond]() {
-            try {
-                nlohmann::json info;
-                HttpResponse res;
-                res.content_type = "image/png";
-                res.body = session->inspect_png(t, info);
-                res.headers["X-Memoreel-Psnr"] = std::to_string(info.at("psnr").get<double>());
-                res.headers["X-Memoreel-Latent-Frame"] =
-                    std::to_string(info.at("latent_frame").get<int64_t>());
-                res.headers["X-Memoreel-Frame"] = std::to_string(info.at("frame").get<int64_t>());
-                res.headers["Access-Control-Expose-Headers"] =
-                    "X-Memoreel-Psnr, X-Memoreel-Latent-Frame, X-Memoreel-Frame";
-                respond(res);
-            } catch (const protocol::ProtocolError& e) {
-                respond(HttpResponse::error(status_for(e.code()), e.code(), e.what()));
-            } catch (const std::exception& e) {
-                respond(HttpResponse::error(500, "internal", e.what()));
-            }
-        });
+        // The model runs on the worker only: the answer comes when the worker reaches this task. A bounded
+        // number wait, so inspector requests cannot pile up behind the live sessions.
+        constexpr size_t kMaxPendingInspections = 8;
+        const bool queued = sessions_->post(
+            [session, t, respond]() {
+                try {
+                    nlohmann::json info;
+                    HttpResponse res;
+                    res.content_type = "image/png";
+                    res.body = session->inspect_png(t, info);
+                    res.headers["X-Memoreel-Psnr"] = std::to_string(info.at("psnr").get<double>());
+                    res.headers["X-Memoreel-Latent-Frame"] =
+                        std::to_string(info.at("latent_frame").get<int64_t>());
+                    res.headers["X-Memoreel-Frame"] = std::to_string(info.at("frame").get<int64_t>());
+                    res.headers["Access-Control-Expose-Headers"] =
+                        "X-Memoreel-Psnr, X-Memoreel-Latent-Frame, X-Memoreel-Frame";
+                    respond(res);
+                } catch (const protocol::ProtocolError& e) {
+                    respond(HttpResponse::error(status_for(e.code()), e.code(), e.what()));
+                } catch (const std::exception& e) {
+                    respond(HttpResponse::error(500, "internal", e.what()));
+                }
+            },
+            kMaxPendingInspections);
+        if (!queued)
+            throw protocol::ProtocolError(
+                "busy", std::to_string(kMaxPendingInspections) +
+                            " inspector requests are waiting for the model; try again later");
         return;
     }
     respond(HttpResponse::error(404, "not_found", r.method + " " + r.path + " is not an endpoint"));

@@ -58,6 +58,11 @@ EventLedger::EventLedger(Storyboard storyboard, SectionClock clock, size_t max_p
 // Puts a timed event on the storyboard. The past cannot change: a time before the next section's start means
 // that start. "replace" rewrites the pending entry in force at that time; when that entry is already playing
 // (it started earlier), the new prompt starts at the event's time instead.
+bool EventLedger::has_entry_at(double time) const {
+    const int64_t i = storyboard_.index_in_force(time);
+    return i >= 0 && storyboard_.entries()[static_cast<size_t>(i)].time == time;
+}
+
 void EventLedger::place(PromptEvent& e, double time) {
     const double earliest = clock_.start(begun_);
     time = std::max(time, earliest);
@@ -66,10 +71,11 @@ void EventLedger::place(PromptEvent& e, double time) {
         if (i >= 0 && storyboard_.entries()[static_cast<size_t>(i)].time >= earliest)
             time = storyboard_.entries()[static_cast<size_t>(i)].time;
     }
-    const bool exists =
-        storyboard_.index_in_force(time) >= 0 &&
-        storyboard_.entries()[static_cast<size_t>(storyboard_.index_in_force(time))].time == time;
-    if (!exists && storyboard_.entries().size() >= max_prompts_)
+    // A "now" event waiting for the next section holds a place for its entry (unless one exists there), so
+    // that placing it when the section begins cannot fail.
+    const bool reserved = !waiting_now_.empty() && e.event_id != waiting_now_ && time != earliest &&
+                          !has_entry_at(earliest);
+    if (!has_entry_at(time) && storyboard_.entries().size() + (reserved ? 1 : 0) >= max_prompts_)
         throw protocol::ProtocolError(
             "bad_storyboard",
             "the storyboard already has " + std::to_string(max_prompts_) + " prompts, the limit", e.event_id);
@@ -92,6 +98,19 @@ EventLedger::Submitted EventLedger::submit(const protocol::Interaction& in) {
                 in.event_id);
         return {it->second, true};
     }
+    // Every event is kept (idempotent retries answer from it): a bound keeps a session's state finite.
+    if (events_.size() >= 8 * max_prompts_)
+        throw protocol::ProtocolError(
+            "bad_storyboard",
+            "this session has taken " + std::to_string(events_.size()) + " prompt events, its limit",
+            in.event_id);
+    // A "now" event is placed when the next section begins; refuse it here, not then, when the storyboard
+    // has no room left.
+    if (!in.time.has_value() && waiting_now_.empty() && !has_entry_at(clock_.start(begun_)) &&
+        storyboard_.entries().size() >= max_prompts_)
+        throw protocol::ProtocolError("bad_storyboard",
+                                      "the storyboard is full (" + std::to_string(max_prompts_) + " prompts)",
+                                      in.event_id);
     PromptEvent e;
     e.event_id = in.event_id;
     e.payload = in.payload();

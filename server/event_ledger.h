@@ -82,6 +82,7 @@ class EventLedger {
 
   private:
     void place(PromptEvent& e, double time);
+    bool has_entry_at(double time) const;
     void supersede(const std::string& id, const std::string& by);
 
     Storyboard storyboard_;

@@ -216,8 +216,11 @@ class WsSession : public WsConnection, public std::enable_shared_from_this<WsSes
         ws_.async_accept(req, beast::bind_front_handler(&WsSession::on_accept, shared_from_this()));
     }
 
-    bool send_text(std::string text) override { return enqueue(std::move(text), false); }
-    bool send_binary(std::string bytes) override { return enqueue(std::move(bytes), true); }
+    bool send_text(std::string text) override { return enqueue({{std::move(text), false}}); }
+    bool send_binary(std::string bytes) override { return enqueue({{std::move(bytes), true}}); }
+    bool send_pair(std::string text, std::string bytes) override {
+        return enqueue({{std::move(text), false}, {std::move(bytes), true}});
+    }
     void close(const std::string& reason) override {
         {
             std::lock_guard<std::mutex> lock(mutex_);
@@ -258,16 +261,22 @@ class WsSession : public WsConnection, public std::enable_shared_from_this<WsSes
         bool binary = false;
     };
 
-    bool enqueue(std::string bytes, bool binary) {
+    // Queues the messages together (nothing else can come between them) or none of them.
+    bool enqueue(std::vector<std::pair<std::string, bool>> messages) {
         {
             std::lock_guard<std::mutex> lock(mutex_);
             if (closed_ || closing_)
                 return false;
-            if (queued_messages_ + 1 > max_queue_messages_ || queued_bytes_ + bytes.size() > max_queue_bytes_)
+            size_t bytes = 0;
+            for (const auto& m : messages)
+                bytes += m.first.size();
+            if (queued_messages_ + messages.size() > max_queue_messages_ ||
+                queued_bytes_ + bytes > max_queue_bytes_)
                 return false;
-            queued_bytes_ += bytes.size();
-            ++queued_messages_;
-            queue_.push_back({std::move(bytes), binary});
+            queued_bytes_ += bytes;
+            queued_messages_ += messages.size();
+            for (auto& [data, binary] : messages)
+                queue_.push_back({std::move(data), binary});
         }
         post([self = shared_from_this()] { self->write_next(); });
         return true;

@@ -54,6 +54,9 @@ class WsConnection {
     // its byte or message bound.
     virtual bool send_text(std::string text) = 0;
     virtual bool send_binary(std::string bytes) = 0;
+    // A text message immediately followed by a binary one (metadata + media): both are queued, with nothing
+    // between them even when other threads send, or neither is.
+    virtual bool send_pair(std::string text, std::string bytes) = 0;
     // Sends a close frame after what is queued, with a reason.
     virtual void close(const std::string& reason) = 0;
     virtual size_t queued_bytes() const = 0;

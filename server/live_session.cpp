@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <cmath>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -20,6 +21,8 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr int64_t kStateFormat = 1;
+// Section latencies kept for the status percentiles: the recent ones (and session.json stays small).
+constexpr size_t kLatencyWindow = 256;
 
 double ms_between(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
     return std::chrono::duration<double, std::milli>(b - a).count();
@@ -122,7 +125,12 @@ std::shared_ptr<LiveSession> LiveSession::restore(ModelHost& host,
         s->dir_ = dir;
         s->kind_ = j.at("kind").get<std::string>() == "job" ? Kind::kJob : Kind::kLive;
         s->created_at_ = j.at("created_at").get<int64_t>();
-        s->request_ = protocol::parse_start_request(j.at("request"), protocol::Limits{});
+        // The request was checked against the limits in force when it came; a config changed since then
+        // must not make a stored session unreadable.
+        protocol::Limits stored;
+        stored.max_message_bytes = stored.max_prompt_bytes = stored.max_prompts = SIZE_MAX;
+        stored.max_seconds = 1e12;
+        s->request_ = protocol::parse_start_request(j.at("request"), stored);
         s->format_ = s->request_.format;
         const auto& st = j.at("settings");
         SessionSettings& a = s->ar_settings_;
@@ -166,10 +174,17 @@ std::shared_ptr<LiveSession> LiveSession::restore(ModelHost& host,
     } catch (const protocol::ProtocolError& e) {
         throw std::runtime_error(file + ": malformed session request: " + e.what());
     }
-    // Whatever was appended to the archive after the last committed section (a crash mid-section) goes.
-    const uint64_t committed = s->archive_bytes();
-    if (fs::exists(s->archive_path()) && fs::file_size(s->archive_path()) > committed)
+    // Whatever was appended to the archive after the last committed section (a crash mid-section) goes; an
+    // archive shorter than what was committed has lost sections, and the session cannot go on from it.
+    const uint64_t committed = s->committed_archive_bytes();
+    const uint64_t on_disk = fs::exists(s->archive_path()) ? fs::file_size(s->archive_path()) : 0;
+    if (on_disk < committed)
+        throw std::runtime_error(s->archive_path() + ": " + std::to_string(on_disk) + " bytes, but " + file +
+                                 " committed " + std::to_string(committed) + ": the archive lost sections");
+    if (on_disk > committed)
         fs::resize_file(s->archive_path(), committed);
+    if (!s->snapshot_file_.empty() && !fs::exists(dir + "/" + s->snapshot_file_))
+        throw std::runtime_error(dir + "/" + s->snapshot_file_ + ": missing (named by " + file + ")");
     if (s->status_ == "stopping")
         s->status_ = "stopped";
     const double generated = static_cast<double>(s->pixels_done_) / s->ar_settings_.fps;
@@ -207,9 +222,12 @@ void LiveSession::ensure_ar() {
         std::lock_guard<std::mutex> lock(mutex_);
         story = ledger_.storyboard();
     }
-    ar_ = host_.make_session(story, ar_settings_);
+    // Built aside and kept only once restored: a snapshot that fails to load must not leave a fresh session
+    // that would continue from section 0.
+    auto ar = host_.make_session(story, ar_settings_);
     if (!snapshot_file_.empty())
-        ar_->restore(load_session_snapshot(dir_ + "/" + snapshot_file_));
+        ar->restore(load_session_snapshot(dir_ + "/" + snapshot_file_));
+    ar_ = std::move(ar);
 }
 
 bool LiveSession::token_matches(const std::string& token) const {
@@ -240,6 +258,13 @@ bool LiveSession::runnable(std::chrono::steady_clock::time_point now) const {
 
 LiveSession::SectionReport LiveSession::run_section() {
     const auto t0 = std::chrono::steady_clock::now();
+    {
+        // A stop (or an end) that came after the worker picked this session: no section.
+        std::lock_guard<std::mutex> lock(mutex_);
+        if ((status_ != "queued" && status_ != "running") || stop_requested_)
+            return SectionReport{};
+        in_section_ = true;
+    }
     ensure_ar();
     EventLedger::SectionStart start;
     {
@@ -249,7 +274,6 @@ LiveSession::SectionReport LiveSession::run_section() {
             started_ = t0;
             clock_origin_ = t0;
         }
-        in_section_ = true;
         start = ledger_.begin_section();
         for (const auto& e : ledger_.storyboard().entries())
             ar_->set_prompt(e);
@@ -278,14 +302,17 @@ LiveSession::SectionReport LiveSession::run_section() {
     const LiveEncoder& archive_enc = archive_encoder_ ? *archive_encoder_ : *live_encoder_;
 
     StoredSection stored;
+    uint64_t init_bytes = 0;
     {
-        std::ofstream out(archive_path(), std::ios::binary | std::ios::app);
-        uint64_t offset = archive_bytes();
+        // Only this thread changes sections_, so reading it here needs no lock.
+        uint64_t offset = committed_archive_bytes();
+        // The first section starts the file (anything there is from an attempt that never committed).
+        std::ofstream out(archive_path(), std::ios::binary | (offset == 0 ? std::ios::trunc : std::ios::app));
         if (offset == 0) {
             out.write(archive_enc.init_segment().data(),
                       static_cast<std::streamsize>(archive_enc.init_segment().size()));
-            archive_init_bytes_ = archive_enc.init_segment().size();
-            offset = archive_init_bytes_;
+            init_bytes = archive_enc.init_segment().size();
+            offset = init_bytes;
         }
         out.write(to_archive.bytes.data(), static_cast<std::streamsize>(to_archive.bytes.size()));
         out.flush();
@@ -301,6 +328,7 @@ LiveSession::SectionReport LiveSession::run_section() {
     const auto t1 = std::chrono::steady_clock::now();
 
     SectionReport report;
+    report.ran = true;
     report.latency_ms = ms_between(t0, t1);
     report.seconds = segment.duration_seconds;
     nlohmann::json metadata;
@@ -309,6 +337,8 @@ LiveSession::SectionReport LiveSession::run_section() {
         std::lock_guard<std::mutex> lock(mutex_);
         if (init_segment_.empty())
             init_segment_ = live_encoder_->init_segment();
+        if (init_bytes > 0)
+            archive_init_bytes_ = init_bytes;
         sections_.push_back(stored);
         pixels_done_ += segment.frames;
         latents_done_ = ar_->latent_frames_done();
@@ -316,6 +346,9 @@ LiveSession::SectionReport LiveSession::run_section() {
         context_tokens_ = r.context_tokens;
         memory_latent_frames_ = ar_->latent_frames_in_memory();
         latencies_ms_.push_back(report.latency_ms);
+        if (latencies_ms_.size() > kLatencyWindow)
+            latencies_ms_.erase(latencies_ms_.begin(),
+                                latencies_ms_.begin() + (latencies_ms_.size() - kLatencyWindow));
         if (first_section_ms_ < 0)
             first_section_ms_ = ms_between(started_, t1);
         recent_.emplace_back(t1, segment.duration_seconds);
@@ -344,7 +377,8 @@ LiveSession::SectionReport LiveSession::run_section() {
             if (!v->has_init())
                 v->send_init(init_segment_);
             v->send_section(r.index, metadata, segment.bytes);
-            v->send_json(stats);
+            if (!v->skipping())
+                v->send_json(stats);
         }
         if (format_ == "webm") {
             webm_history_.emplace_back(metadata, segment.bytes);
@@ -368,14 +402,19 @@ void LiveSession::fail(const std::string& message) {
     finish("failed", "error");
 }
 
-// Under mutex_: the terminal state, told to every viewer and written down.
+// Under mutex_: the terminal state, told to every viewer and written down. A failed write (a full disk) is
+// logged, not thrown: the session has ended either way, and its last commit point stays restorable.
 void LiveSession::finish(const std::string& status, const std::string& reason) {
     status_ = status;
     broadcast({{"type", "session.done"},
                {"reason", reason},
                {"sections", sections_.size()},
                {"seconds", static_cast<double>(pixels_done_) / ar_settings_.fps}});
-    write_file_atomic(dir_ + "/session.json", state_json().dump(1));
+    try {
+        write_file_atomic(dir_ + "/session.json", state_json().dump(1));
+    } catch (const std::exception& e) {
+        spdlog::error("session {}: cannot record its end ({}): {}", id_, status, e.what());
+    }
 }
 
 void LiveSession::broadcast(const nlohmann::json& message) {
@@ -400,7 +439,12 @@ EventLedger::Submitted LiveSession::submit(const protocol::Interaction& interact
             broadcast({{"type", "session.interaction.superseded"},
                        {"event_id", e.event_id},
                        {"by", e.superseded_by}});
-        write_file_atomic(dir_ + "/session.json", state_json().dump(1));
+        // session.json is only written at commit points, where the ledger and the generated sections agree:
+        // mid-section the ledger has already begun the section the files do not have yet. An event that
+        // comes then is written with that section's commit, moments later (a crash before it loses the
+        // event; the client's retry with the same event_id submits it again).
+        if (!in_section_)
+            write_file_atomic(dir_ + "/session.json", state_json().dump(1));
     }
     return s;
 }
@@ -497,7 +541,7 @@ void LiveSession::stop(const std::string& reason) {
         return;
     stop_requested_ = true;
     stop_reason_ = reason;
-    if (status_ == "queued") {
+    if (status_ == "queued" && !in_section_) {
         // Nothing generated yet: it ends at once.
         finish(reason == "expired" ? "expired" : "stopped", reason);
         return;
@@ -554,6 +598,11 @@ void LiveSession::set_queue_position(int64_t position) {
 }
 
 uint64_t LiveSession::archive_bytes() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return committed_archive_bytes();
+}
+
+uint64_t LiveSession::committed_archive_bytes() const {
     if (sections_.empty())
         return archive_init_bytes_ > 0 ? archive_init_bytes_ : 0;
     return sections_.back().offset + sections_.back().length;
@@ -599,17 +648,19 @@ nlohmann::json LiveSession::stats_json() const {
         rf = sections_.back().duration_seconds / (latencies_ms_.back() / 1000.0);
     }
     const int64_t per_frame = host_.tokens_per_latent_frame(ar_settings_.width, ar_settings_.height);
-    return {{"seconds_generated", generated},
-            {"sections", sections_.size()},
-            {"context_tokens", context_tokens_},
-            {"memory_tokens", memory_tokens_},
-            {"uncompressed_tokens", latents_done_ * per_frame},
-            {"section_latency_ms", latencies_ms_.empty() ? 0.0 : latencies_ms_.back()},
-            {"realtime_factor", rf},
-            {"behind_realtime", kind_ == Kind::kLive && !latencies_ms_.empty() && rf < 1.0},
-            {"queue_position", queue_position_},
-            {"viewers",
-             std::count_if(viewers_.begin(), viewers_.end(), [](const auto& v) { return !v->closed(); })}};
+    return {
+        {"seconds_generated", generated},
+        {"sections", sections_.size()},
+        {"context_tokens", context_tokens_},
+        {"memory_tokens", memory_tokens_},
+        {"uncompressed_tokens", latents_done_ * per_frame},
+        {"section_latency_ms", latencies_ms_.empty() ? 0.0 : latencies_ms_.back()},
+        {"realtime_factor", rf},
+        // A session paced at real time measures ~1.0 with jitter either way: only a clear shortfall counts.
+        {"behind_realtime", kind_ == Kind::kLive && !latencies_ms_.empty() && rf < 0.95},
+        {"queue_position", queue_position_},
+        {"viewers",
+         std::count_if(viewers_.begin(), viewers_.end(), [](const auto& v) { return !v->closed(); })}};
 }
 
 nlohmann::json LiveSession::status_json(bool with_token) const {

@@ -71,6 +71,7 @@ class LiveSession {
     bool runnable(std::chrono::steady_clock::time_point now) const;
     bool finished() const;
     struct SectionReport {
+        bool ran = false;  // false: the session was stopped or ended before its section began
         double latency_ms = 0;
         double seconds = 0;  // of video
         bool finished = false;
@@ -107,6 +108,7 @@ class LiveSession {
     LiveSession(ModelHost& host, const LiveSessionSettings& settings);
     void open_encoders();
     void ensure_ar();
+    uint64_t committed_archive_bytes() const;  // the worker's (sole writer) or under mutex_
     void save_state(const std::string& snapshot_file);
     nlohmann::json state_json() const;
     nlohmann::json stats_json() const;     // under mutex_

@@ -105,6 +105,10 @@ void LiveSocket::on_text(const std::string& text) {
             message);
     } catch (const protocol::ProtocolError& e) {
         send_error(e);
+    } catch (const std::exception& e) {
+        // Not the client's fault (a file, the database): it is told, and the connection stays.
+        spdlog::error("live socket {}: {}", connection_->remote(), e.what());
+        send_error(protocol::ProtocolError("internal", e.what()));
     }
 }
 

@@ -1,5 +1,6 @@
 #include "server/session_manager.h"
 
+#include "model/process_memory.h"
 #include "server/random_id.h"
 
 #include <spdlog/spdlog.h>
@@ -40,6 +41,8 @@ SessionManager::SessionManager(ModelHost& host, SessionManagerOptions options, M
                    {"session"});
     metrics_.gauge("memoreel_queue_depth", "Live sessions waiting for the worker");
     metrics_.gauge("memoreel_viewers", "Connected viewers");
+    // The standard process metric's name, so dashboards and the load run (bench serve) find it.
+    metrics_.gauge("process_resident_memory_bytes", "Resident memory of the server process");
     metrics_.gauge("memoreel_dropped_segments",
                    "Sections skipped for slow viewers, over the sessions the server holds");
 }
@@ -65,10 +68,14 @@ void SessionManager::restore_all() {
             spdlog::error("cannot restore {}: {}", entry.path().string(), e.what());
         }
     }
-    // Jobs whose session never got written (a crash right after the job was stored) start again.
+    // Jobs whose session never got written (a crash right after the job was stored) start again; jobs whose
+    // session ended before their record was updated (a crash in between) get their final state now.
     for (JobRecord& j : jobs_->unfinished()) {
-        if (sessions_.count(j.id))
+        if (const auto it = sessions_.find(j.id); it != sessions_.end()) {
+            if (it->second->finished())
+                after_job_section(it->second);
             continue;
+        }
         try {
             protocol::StartRequest r =
                 protocol::parse_start_request(j.request.at("start"), options_.session.limits);
@@ -195,12 +202,15 @@ std::string SessionManager::job_content_path(const JobRecord& job) const {
     return session_dir(job.session_id) + "/video.mp4";
 }
 
-void SessionManager::post(std::function<void()> task) {
+bool SessionManager::post(std::function<void()> task, size_t max_pending) {
     {
         std::lock_guard<std::mutex> lock(mutex_);
+        if (tasks_.size() >= max_pending)
+            return false;
         tasks_.push_back(std::move(task));
     }
     wake_.notify_all();
+    return true;
 }
 
 int SessionManager::retry_after_seconds() const {
@@ -238,6 +248,7 @@ std::shared_ptr<LiveSession> SessionManager::pick(std::chrono::steady_clock::tim
 }
 
 void SessionManager::worker_loop() {
+    bool last_was_task = false;
     while (true) {
         std::function<void()> task;
         std::shared_ptr<LiveSession> session;
@@ -245,46 +256,60 @@ void SessionManager::worker_loop() {
             std::unique_lock<std::mutex> lock(mutex_);
             if (stopping_)
                 return;
-            if (!tasks_.empty()) {
+            // Tasks (the inspector) and sections alternate, so a burst of inspector requests cannot starve
+            // the live sessions.
+            if (!tasks_.empty() && !last_was_task) {
                 task = std::move(tasks_.front());
                 tasks_.pop_front();
             } else {
                 session = pick(std::chrono::steady_clock::now());
-                if (!session) {
+                if (!session && !tasks_.empty()) {
+                    task = std::move(tasks_.front());
+                    tasks_.pop_front();
+                } else if (!session) {
                     // Nothing wants the model now: wait for work or for a paced session's next turn.
+                    last_was_task = false;
                     wake_.wait_for(lock, std::chrono::milliseconds(50));
                     continue;
                 }
             }
         }
-        if (task) {
-            try {
-                task();
-            } catch (const std::exception& e) {
-                spdlog::error("worker task failed: {}", e.what());
-            }
-            continue;
-        }
-        const bool job = session->kind() == LiveSession::Kind::kJob;
-        if (job) {
-            if (auto j = jobs_->get(session->id()); j && j->status == "queued") {
-                j->status = "in_progress";
-                jobs_->update(*j);
-            }
-        }
+        last_was_task = static_cast<bool>(task);
+        // Nothing may end this thread but stop(): a failure is the session's (or the task's), and a failure
+        // while recording it (a full disk, a busy database) is logged and the worker goes on.
         try {
-            const auto report = session->run_section();
+            if (task)
+                task();
+            else
+                run_one_section(session);
+        } catch (const std::exception& e) {
+            spdlog::error("worker: {}", e.what());
+        }
+    }
+}
+
+void SessionManager::run_one_section(const std::shared_ptr<LiveSession>& session) {
+    const bool job = session->kind() == LiveSession::Kind::kJob;
+    if (job) {
+        if (auto j = jobs_->get(session->id()); j && j->status == "queued") {
+            j->status = "in_progress";
+            jobs_->update(*j);
+        }
+    }
+    try {
+        const auto report = session->run_section();
+        if (report.ran) {
             metrics_.add("memoreel_sections_total", 1, {{"kind", job ? "job" : "live"}});
             metrics_.observe("memoreel_section_latency_seconds", report.latency_ms / 1000.0);
             mean_section_seconds_ = 0.9 * mean_section_seconds_.load() + 0.1 * report.latency_ms / 1000.0;
-        } catch (const std::exception& e) {
-            spdlog::error("session {}: section failed: {}", session->id(), e.what());
-            metrics_.add("memoreel_section_errors_total");
-            session->fail(e.what());
         }
-        if (job)
-            after_job_section(session);
+    } catch (const std::exception& e) {
+        spdlog::error("session {}: section failed: {}", session->id(), e.what());
+        metrics_.add("memoreel_section_errors_total");
+        session->fail(e.what());
     }
+    if (job)
+        after_job_section(session);
 }
 
 void SessionManager::after_job_section(const std::shared_ptr<LiveSession>& s) {
@@ -327,14 +352,19 @@ void SessionManager::housekeeping_loop() {
                 forget.push_back(s);
         }
         lock.unlock();
-        for (auto& s : expire) {
-            spdlog::info("session {} expired after {:.0f} s without viewers or requests", s->id(),
-                         s->idle_seconds());
-            s->stop("expired");
+        // As on the worker: a failure here (a write, the database) is logged, the thread goes on.
+        try {
+            for (auto& s : expire) {
+                spdlog::info("session {} expired after {:.0f} s without viewers or requests", s->id(),
+                             s->idle_seconds());
+                s->stop("expired");
+            }
+            for (auto& s : forget)
+                remove(s->id());
+            update_metrics();
+        } catch (const std::exception& e) {
+            spdlog::error("housekeeping: {}", e.what());
         }
-        for (auto& s : forget)
-            remove(s->id());
-        update_metrics();
         lock.lock();
     }
 }
@@ -366,6 +396,7 @@ void SessionManager::update_metrics() {
     metrics_.set_family("memoreel_sessions", by_status);
     metrics_.set_family("memoreel_realtime_factor", rf);
     metrics_.set("memoreel_viewers", viewers);
+    metrics_.set("process_resident_memory_bytes", resident_mb() * 1024.0 * 1024.0);
     metrics_.set("memoreel_queue_depth", waiting);
     metrics_.set("memoreel_dropped_segments", dropped);
     metrics_.set("memoreel_jobs", static_cast<double>(jobs_->count_unfinished()));

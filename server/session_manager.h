@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <cstdint>
 #include <deque>
 #include <functional>
 #include <map>
@@ -60,8 +61,9 @@ class SessionManager {
     std::string job_content_path(const JobRecord& job) const;
 
     // Runs `task` on the worker thread between sections (it may use the model). Returns at once; the task
-    // reports through its own captures.
-    void post(std::function<void()> task);
+    // reports through its own captures. False (and nothing queued) when `max_pending` tasks already wait:
+    // requests that post tasks (the inspector) answer 429 then.
+    bool post(std::function<void()> task, size_t max_pending = SIZE_MAX);
 
     // Seconds until a new session could likely start (for Retry-After).
     int retry_after_seconds() const;
@@ -73,6 +75,7 @@ class SessionManager {
     void housekeeping_loop();
     void restore_all();
     std::shared_ptr<LiveSession> pick(std::chrono::steady_clock::time_point now);
+    void run_one_section(const std::shared_ptr<LiveSession>& session);
     void after_job_section(const std::shared_ptr<LiveSession>& s);
     std::string session_dir(const std::string& id) const;
 

@@ -11,18 +11,26 @@ bool Viewer::send_json(const nlohmann::json& message) {
     if (closed_)
         return false;
     if (!connection_->send_text(message.dump())) {
-        closed_ = true;  // the connection is gone or its hard bound is reached
+        lost("send queue full");
         return false;
     }
     return true;
 }
 
+// The connection is gone or its hard bound (the backstop above the skip policy) is reached: close it rather
+// than leave a client that gets nothing more and is not told.
+void Viewer::lost(const std::string& reason) {
+    closed_ = true;
+    connection_->close(reason);
+}
+
 void Viewer::send_init(const std::string& init_segment) {
     if (closed_ || init_segment.empty())
         return;
-    send_json({{"type", "video.init"}, {"byte_length", init_segment.size()}});
-    if (!closed_ && !connection_->send_binary(init_segment))
-        closed_ = true;
+    if (!connection_->send_pair(
+            nlohmann::json{{"type", "video.init"}, {"byte_length", init_segment.size()}}.dump(),
+            init_segment))
+        lost("send queue full");
     init_sent_ = !closed_;
 }
 
@@ -39,11 +47,14 @@ void Viewer::send_section(int64_t index, nlohmann::json metadata, const std::str
             blocked_since_ = now;
         } else if (std::chrono::duration<double>(now - blocked_since_).count() > limits_.stall_seconds) {
             connection_->drop_queued();
-            send_json(protocol::ProtocolError("stall_timeout",
-                                              "this viewer has taken nothing for " +
-                                                  std::to_string(static_cast<int>(limits_.stall_seconds)) +
-                                                  " s; the session goes on: resume to watch again")
-                          .to_json());
+            nlohmann::json error =
+                protocol::ProtocolError("stall_timeout",
+                                        "this viewer has taken nothing for " +
+                                            std::to_string(static_cast<int>(limits_.stall_seconds)) +
+                                            " s; the session goes on: resume to watch again")
+                    .to_json();
+            error["fatal"] = true;
+            send_json(error);
             close("stall timeout");
             return;
         }
@@ -56,10 +67,8 @@ void Viewer::send_section(int64_t index, nlohmann::json metadata, const std::str
         skip_from_ = -1;
     }
     metadata["byte_length"] = segment.size();
-    if (!send_json(metadata))
-        return;
-    if (!connection_->send_binary(segment)) {
-        closed_ = true;
+    if (!connection_->send_pair(metadata.dump(), segment)) {
+        lost("send queue full");
         return;
     }
     next_section_ = index + 1;

@@ -41,9 +41,13 @@ class Viewer {
     int64_t next_section() const { return next_section_; }
     void set_next_section(int64_t section) { next_section_ = section; }
     int64_t skipped_sections() const { return skipped_total_; }
+    // In a run of skipped sections (its queue is full): per-section extras (stats) are not queued either.
+    bool skipping() const { return skip_from_ >= 0; }
     const WsConnection& connection() const { return *connection_; }
 
   private:
+    void lost(const std::string& reason);
+
     std::shared_ptr<WsConnection> connection_;
     ViewerLimits limits_;
     bool init_sent_ = false;

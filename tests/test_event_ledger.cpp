@@ -126,4 +126,24 @@ TEST_SUITE("event_ledger") {
         CHECK(back.to_json() == l.to_json());
         CHECK(back.timeline() == l.timeline());
     }
+
+    TEST_CASE("a now event is refused at once when the storyboard is full, and a waiting one keeps its place") {
+        EventLedger full(Storyboard({{0, "a"}, {1, "b"}}), {13, 16, 16}, 2);
+        full.begin_section();  // the next section starts at 13/16 s, where there is no entry
+        try {
+            full.submit(event("n", "c"));
+            FAIL("a now event was accepted into a full storyboard");
+        } catch (const protocol::ProtocolError& e) {
+            CHECK(e.code() == "bad_storyboard");
+        }
+        // One place left: a waiting now event holds it, so a timed event elsewhere is refused and the now
+        // event still applies when the section begins.
+        EventLedger l(Storyboard({{0, "a"}}), {13, 16, 16}, 2);
+        l.begin_section();
+        l.submit(event("n", "c"));
+        CHECK_THROWS_AS(l.submit(event("t", "d", 5.0)), protocol::ProtocolError);
+        const auto s1 = l.begin_section();
+        CHECK(s1.prompt == "c");
+        CHECK(s1.applied.at(0).event_id == "n");
+    }
 }

@@ -1,4 +1,4 @@
-#include "cli/process_memory.h"
+#include "model/process_memory.h"
 
 #include <fstream>
 #include <string>

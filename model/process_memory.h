@@ -1,4 +1,5 @@
-// The process's resident memory, from /proc/self/status (Linux), for progress lines and benchmarks.
+// The process's resident memory, from /proc/self/status (Linux), for progress lines, benchmarks and the
+// server's /metrics (torch-free, in memoreel_format).
 #pragma once
 
 namespace memoreel {
