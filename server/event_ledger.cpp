@@ -73,8 +73,8 @@ void EventLedger::place(PromptEvent& e, double time) {
     }
     // A "now" event waiting for the next section holds a place for its entry (unless one exists there), so
     // that placing it when the section begins cannot fail.
-    const bool reserved = !waiting_now_.empty() && e.event_id != waiting_now_ && time != earliest &&
-                          !has_entry_at(earliest);
+    const bool reserved =
+        !waiting_now_.empty() && e.event_id != waiting_now_ && time != earliest && !has_entry_at(earliest);
     if (!has_entry_at(time) && storyboard_.entries().size() + (reserved ? 1 : 0) >= max_prompts_)
         throw protocol::ProtocolError(
             "bad_storyboard",

@@ -241,6 +241,13 @@ class WsSession : public WsConnection, public std::enable_shared_from_this<WsSes
     }
     size_t queued_bytes() const override { return queued_bytes_.load(); }
     size_t queued_messages() const override { return queued_messages_.load(); }
+    double seconds_since_progress() const override {
+        if (queued_messages_.load() == 0)
+            return 0;
+        const auto since = std::chrono::steady_clock::now().time_since_epoch() -
+                           std::chrono::steady_clock::duration(last_progress_.load());
+        return std::chrono::duration<double>(since).count();
+    }
     const std::string& remote() const override { return remote_; }
     size_t drop_queued() override {
         std::lock_guard<std::mutex> lock(mutex_);
@@ -273,6 +280,8 @@ class WsSession : public WsConnection, public std::enable_shared_from_this<WsSes
             if (queued_messages_ + messages.size() > max_queue_messages_ ||
                 queued_bytes_ + bytes > max_queue_bytes_)
                 return false;
+            if (queued_messages_ == 0)
+                mark_progress();
             queued_bytes_ += bytes;
             queued_messages_ += messages.size();
             for (auto& [data, binary] : messages)
@@ -354,6 +363,7 @@ class WsSession : public WsConnection, public std::enable_shared_from_this<WsSes
             queued_bytes_ -= queue_.front().bytes.size();
             --queued_messages_;
             queue_.pop_front();
+            mark_progress();
         }
         server_.bytes_sent += n;
         if (ec)
@@ -402,6 +412,8 @@ class WsSession : public WsConnection, public std::enable_shared_from_this<WsSes
     mutable std::mutex mutex_;
     std::deque<Message> queue_;
     std::atomic<size_t> queued_bytes_{0}, queued_messages_{0};
+    std::atomic<std::chrono::steady_clock::rep> last_progress_{0};  // steady_clock ticks
+    void mark_progress() { last_progress_ = std::chrono::steady_clock::now().time_since_epoch().count(); }
     bool writing_ = false;        // changed on the strand under the mutex
     bool close_started_ = false;  // on the strand
     std::atomic<bool> closing_{false}, closed_{false};

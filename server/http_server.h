@@ -61,6 +61,9 @@ class WsConnection {
     virtual void close(const std::string& reason) = 0;
     virtual size_t queued_bytes() const = 0;
     virtual size_t queued_messages() const = 0;
+    // Seconds since the peer last took a queued message (or since the queue last became non-empty); 0 while
+    // nothing is queued. What tells a stalled peer from a slow one.
+    virtual double seconds_since_progress() const = 0;
     virtual const std::string& remote() const = 0;
     // Drops every queued message not yet being written (the slow-viewer policy skips to a newer keyframe);
     // returns how many were dropped.

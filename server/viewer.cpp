@@ -37,27 +37,27 @@ void Viewer::send_init(const std::string& init_segment) {
 void Viewer::send_section(int64_t index, nlohmann::json metadata, const std::string& segment) {
     if (closed_ || index < next_section_ || !init_sent_)
         return;
-    const auto now = std::chrono::steady_clock::now();
+    // Slow is skipped; stalled (the peer has taken nothing queued for stall_seconds, full queue or not) is
+    // disconnected.
+    if (connection_->seconds_since_progress() > limits_.stall_seconds) {
+        connection_->drop_queued();
+        nlohmann::json error =
+            protocol::ProtocolError("stall_timeout",
+                                    "this viewer has taken nothing for " +
+                                        std::to_string(static_cast<int>(limits_.stall_seconds)) +
+                                        " s; the session goes on: resume to watch again")
+                .to_json();
+        error["fatal"] = true;
+        send_json(error);
+        close("stall timeout");
+        return;
+    }
     // Two messages per section: metadata and segment.
     const bool full = connection_->queued_messages() / 2 >= limits_.max_segments ||
                       connection_->queued_bytes() + segment.size() > limits_.max_bytes;
     if (full) {
-        if (skip_from_ < 0) {
+        if (skip_from_ < 0)
             skip_from_ = index;
-            blocked_since_ = now;
-        } else if (std::chrono::duration<double>(now - blocked_since_).count() > limits_.stall_seconds) {
-            connection_->drop_queued();
-            nlohmann::json error =
-                protocol::ProtocolError("stall_timeout",
-                                        "this viewer has taken nothing for " +
-                                            std::to_string(static_cast<int>(limits_.stall_seconds)) +
-                                            " s; the session goes on: resume to watch again")
-                    .to_json();
-            error["fatal"] = true;
-            send_json(error);
-            close("stall timeout");
-            return;
-        }
         ++skipped_total_;
         next_section_ = index + 1;
         return;

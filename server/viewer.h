@@ -3,7 +3,8 @@
 // whose send queue already holds `max_segments` segments or `max_bytes` does not get the next section: it
 // skips sections (never half a pair, never the init segment) until its queue has drained, then gets
 // session.skipped and continues at the next section, whose segment starts with a keyframe. A viewer that has
-// taken nothing for `stall_seconds` is disconnected with stall_timeout. Generation never waits for a viewer.
+// taken nothing queued for `stall_seconds` is disconnected with stall_timeout. Generation never waits for a
+// viewer.
 //
 // Thread-safety: LiveSession calls it under the session's mutex; sends are queued to the connection's strand.
 #pragma once
@@ -55,7 +56,6 @@ class Viewer {
     int64_t next_section_ = 0;
     int64_t skip_from_ = -1;  // first section skipped in the current run of skips
     int64_t skipped_total_ = 0;
-    std::chrono::steady_clock::time_point blocked_since_{};
 };
 
 }  // namespace memoreel

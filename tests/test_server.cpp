@@ -4,6 +4,8 @@
 // the server goes on serving others, and the REST API (sessions, tokens, jobs, limits, metrics).
 #include <doctest/doctest.h>
 
+#include <functional>
+
 #include "server/api_server.h"
 #include "stream/media_segments.h"
 #include "tests/loopback_client.h"
@@ -54,7 +56,7 @@ struct Server {
     test::TempDir dir;
     ModelHost host;
     std::unique_ptr<ApiServer> api;
-    explicit Server(size_t max_sessions = 4)
+    explicit Server(size_t max_sessions = 4, const std::function<void(ApiServerOptions&)>& adjust = {})
         : host(ModelHostOptions{test::source_dir() + "/tests/data/micro-model.json"}) {
         ApiServerOptions o;
         o.http.port = 0;
@@ -62,6 +64,8 @@ struct Server {
         o.sessions.max_sessions = max_sessions;
         o.sessions.session.limits.max_message_bytes = 4096;
         o.start_timeout_seconds = 1;
+        if (adjust)
+            adjust(o);
         api = std::make_unique<ApiServer>(host, o);
         api->start();
     }
@@ -138,6 +142,70 @@ TEST_SUITE("server") {
         const auto done = c.until("session.done");
         CHECK(done["reason"] == "stopped");
         CHECK(again.until("session.done")["reason"] == "stopped");
+    }
+
+    TEST_CASE(
+        "a viewer that reads nothing is skipped, then disconnected, while the others get every section") {
+        Server server(4, [](ApiServerOptions& o) {
+            o.sessions.session.max_lead_seconds = 1000;  // generate as fast as the model can
+            o.sessions.session.viewer.max_segments = 2;
+            o.sessions.session.viewer.stall_seconds = 2;
+        });
+        Client owner(server.port());
+        owner.send({{"type", "session.start"}, {"prompt", "a red fox"}, {"seconds", 600}, {"seed", 5}});
+        const auto start = owner.until("video.start");
+        // A viewer with a tiny receive buffer that never reads: the kernel holds little for it, so the
+        // server's own queue for it fills.
+        net::io_context ioc;
+        websocket::stream<tcp::socket> slow(ioc);
+        slow.next_layer().open(tcp::v4());
+        slow.next_layer().set_option(net::socket_base::receive_buffer_size(4096));
+        slow.next_layer().connect({net::ip::make_address("127.0.0.1"), server.port()});
+        slow.handshake("127.0.0.1", "/v1/realtime/video");
+        slow.write(net::buffer(nlohmann::json{
+            {"type", "session.resume"}, {"session_id", start["session_id"]}, {"token", start["token"]}}
+                                   .dump()));
+        // The owner keeps getting consecutive sections while the slow viewer's sections are skipped and it is
+        // then closed as stalled.
+        int64_t expected = -1;
+        bool dropped = false, closed = false;
+        for (int k = 0; k < 400 && !(dropped && closed && k > 20); ++k) {
+            const auto meta = owner.until("video.chunk_metadata");
+            if (expected >= 0)
+                REQUIRE(meta["chunk_index"] == expected);
+            expected = meta["chunk_index"].get<int64_t>() + 1;
+            if (k % 10 == 9) {
+                const std::string metrics = curl(server.port(), "/metrics");
+                dropped = metrics.find("memoreel_dropped_segments 0") == std::string::npos;
+                closed = metrics.find("memoreel_viewers 1") != std::string::npos;
+            }
+        }
+        CHECK(dropped);
+        CHECK(closed);
+        // What the slow viewer finds when it reads at last: some sections, then the fatal stall_timeout, then
+        // the close.
+        timeval tv{20, 0};
+        setsockopt(slow.next_layer().native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        int sections = 0;
+        nlohmann::json error;
+        try {
+            while (true) {
+                beast::flat_buffer b;
+                slow.read(b);
+                if (!slow.got_text())
+                    continue;
+                const auto m = nlohmann::json::parse(beast::buffers_to_string(b.data()));
+                if (m["type"] == "video.chunk_metadata")
+                    ++sections;
+                if (m["type"] == "error")
+                    error = m;
+            }
+        } catch (const beast::system_error& e) {
+            CHECK(e.code() == websocket::error::closed);
+        }
+        CHECK(error.value("code", "") == "stall_timeout");
+        CHECK(error.value("fatal", false));
+        CHECK(sections < expected);
     }
 
     TEST_CASE("bad input gets its error and the server goes on serving others") {
