@@ -450,7 +450,7 @@ nlohmann::json LoadRun::report() {
 
     std::printf("\nserver over time (/metrics)\n%8s %10s %8s %8s %10s %8s\n", "t s", "RSS MB", "queue",
                 "viewers", "sections", "dropped");
-    const size_t step = std::max<size_t>(1, samples_.size() / 24);
+    const size_t step = std::max<size_t>(1, (samples_.size() + 23) / 24);  // at most ~24 rows
     nlohmann::json series = nlohmann::json::array();
     double rss_min = 1e30, rss_max = 0;
     for (size_t i = 0; i < samples_.size(); ++i) {
