@@ -270,8 +270,9 @@ LiveSession::SectionReport LiveSession::run_section() {
     {
         std::lock_guard<std::mutex> lock(mutex_);
         if (status_ == "queued") {
+            // Time to first section counts from creation (waiting for the worker included, as a viewer
+            // experiences it); the real-time clock starts with the first section.
             status_ = "running";
-            started_ = t0;
             clock_origin_ = t0;
         }
         start = ledger_.begin_section();
