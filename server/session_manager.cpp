@@ -56,11 +56,17 @@ std::string SessionManager::session_dir(const std::string& id) const {
 }
 
 void SessionManager::restore_all() {
+    std::map<std::string, std::shared_ptr<LiveSession>> ended_jobs;
     for (const auto& entry : fs::directory_iterator(options_.state_dir + "/sessions")) {
         if (!entry.is_directory() || !fs::exists(entry.path() / "session.json"))
             continue;
         try {
             auto s = LiveSession::restore(host_, options_.session, entry.path().string());
+            // A finished job is only its record and its files (content): it needs no session in memory.
+            if (s->kind() == LiveSession::Kind::kJob && s->finished()) {
+                ended_jobs[s->id()] = s;
+                continue;
+            }
             sessions_[s->id()] = s;
             spdlog::info("restored session {} ({}, {:.1f} s generated)", s->id(), s->status(),
                          s->seconds_generated());
@@ -71,9 +77,10 @@ void SessionManager::restore_all() {
     // Jobs whose session never got written (a crash right after the job was stored) start again; jobs whose
     // session ended before their record was updated (a crash in between) get their final state now.
     for (JobRecord& j : jobs_->unfinished()) {
-        if (const auto it = sessions_.find(j.id); it != sessions_.end()) {
-            if (it->second->finished())
-                after_job_section(it->second);
+        if (sessions_.count(j.id))
+            continue;
+        if (const auto it = ended_jobs.find(j.id); it != ended_jobs.end()) {
+            after_job_section(it->second);
             continue;
         }
         try {
@@ -194,7 +201,13 @@ bool SessionManager::delete_job(const std::string& id) {
     auto j = jobs_->get(id);
     if (!j)
         return false;
-    remove(id);
+    if (!remove(id)) {
+        // A finished job has no session in memory, only its files.
+        post([dir = session_dir(id)] {
+            std::error_code ec;
+            fs::remove_all(dir, ec);
+        });
+    }
     return jobs_->remove(id);
 }
 
@@ -308,14 +321,17 @@ void SessionManager::run_one_section(const std::shared_ptr<LiveSession>& session
         metrics_.add("memoreel_section_errors_total");
         session->fail(e.what());
     }
-    if (job)
-        after_job_section(session);
+    if (job && after_job_section(session)) {
+        // Finished: the record and the files (content) are what is left of a job.
+        std::lock_guard<std::mutex> lock(mutex_);
+        sessions_.erase(session->id());
+    }
 }
 
-void SessionManager::after_job_section(const std::shared_ptr<LiveSession>& s) {
+bool SessionManager::after_job_section(const std::shared_ptr<LiveSession>& s) {
     auto j = jobs_->get(s->id());
     if (!j || j->finished())
-        return;
+        return true;
     const std::string status = s->status();
     j->progress = std::min(100.0, 100.0 * s->seconds_generated() / std::max(1e-9, s->target_seconds()));
     if (status == "completed") {
@@ -332,6 +348,7 @@ void SessionManager::after_job_section(const std::shared_ptr<LiveSession>& s) {
         j->completed_at = unix_now();
     }
     jobs_->update(*j);
+    return j->finished();
 }
 
 void SessionManager::housekeeping_loop() {

@@ -76,7 +76,8 @@ class SessionManager {
     void restore_all();
     std::shared_ptr<LiveSession> pick(std::chrono::steady_clock::time_point now);
     void run_one_section(const std::shared_ptr<LiveSession>& session);
-    void after_job_section(const std::shared_ptr<LiveSession>& s);
+    // Brings the job's record up to date with its session; true when the job has finished.
+    bool after_job_section(const std::shared_ptr<LiveSession>& s);
     std::string session_dir(const std::string& id) const;
 
     ModelHost& host_;

@@ -4,6 +4,7 @@
 // the server goes on serving others, and the REST API (sessions, tokens, jobs, limits, metrics).
 #include <doctest/doctest.h>
 
+#include <filesystem>
 #include <functional>
 
 #include "server/api_server.h"
@@ -315,6 +316,11 @@ TEST_SUITE("server") {
                   .find("HTTP400") != std::string::npos);
         CHECK(curl(port, "-X DELETE /v1/videos/" + vid).find("\"deleted\":true") != std::string::npos);
         CHECK(curl(port, "/v1/videos/" + vid).find("HTTP404") != std::string::npos);
+        // Its files go too (the worker removes them between sections).
+        const std::string job_dir = server.dir.file("state") + "/sessions/" + vid;
+        for (int i = 0; i < 100 && std::filesystem::exists(job_dir); ++i)
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        CHECK_FALSE(std::filesystem::exists(job_dir));
         const std::string metrics = curl(port, "/metrics");
         CHECK(metrics.find("memoreel_sections_total{kind=\"job\"}") != std::string::npos);
         CHECK(metrics.find("memoreel_section_latency_seconds_count") != std::string::npos);
