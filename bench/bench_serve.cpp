@@ -32,6 +32,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using bench::Clock;
+using bench::seconds_between;
 using bench::ViewerRecord;
 
 struct LoadArgs {
@@ -91,10 +92,6 @@ nlohmann::json summary(const std::vector<double>& v) {
             {"p90", percentile(v, 0.9)},
             {"p99", percentile(v, 0.99)},
             {"max", percentile(v, 1.0)}};
-}
-
-double seconds_between(Clock::time_point a, Clock::time_point b) {
-    return std::chrono::duration<double>(b - a).count();
 }
 
 // Seconds between consecutive segments of one viewer.

@@ -9,14 +9,6 @@ namespace beast = boost::beast;
 namespace websocket = beast::websocket;
 using tcp = boost::asio::ip::tcp;
 
-namespace {
-
-double seconds_between(Clock::time_point a, Clock::time_point b) {
-    return std::chrono::duration<double>(b - a).count();
-}
-
-}  // namespace
-
 LoadViewer::LoadViewer(boost::asio::io_context& ioc,
                        std::string host,
                        uint16_t port,

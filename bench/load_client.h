@@ -22,6 +22,10 @@ namespace memoreel::bench {
 
 using Clock = std::chrono::steady_clock;
 
+inline double seconds_between(Clock::time_point a, Clock::time_point b) {
+    return std::chrono::duration<double>(b - a).count();
+}
+
 // What one connection saw. Times are steady-clock points; the report turns them into seconds.
 struct ViewerRecord {
     int session = 0;     // index of the session in the run
