@@ -23,13 +23,18 @@ namespace {
 struct BaseStageOptions {
     int64_t section_latents = 4;
     double first_frame_probability = 0.2;
+    // Of the unconditioned samples, the share that is a clip's first section. A session's first section
+    // starts at latent 0, the VAE's single-image latent, which a uniformly drawn start almost never is (1 in
+    // ~77 for a 20 s clip), so without these draws the first frames of every session come out as noise.
+    double first_section_probability = 0.25;
     double caption_dropout = 0.1;
     bool train_text_encoder = true;
     double sigma_mean = 0.0;
     double sigma_std = 1.0;
     double sigma_shift = 1.0;
     double media_fraction = 0.2;
-    double sample_seconds = 2.0;
+    double sample_seconds =
+        0;  // 0: one section (what the DiT is trained on; longer clips meet unseen positions)
     uint64_t sample_seed = 900001;
 };
 
@@ -40,6 +45,7 @@ class BaseStage : public TrainStage {
         JsonFields f(env.config.options, where, "options");
         f.get("section_latents", o_.section_latents);
         f.get("first_frame_probability", o_.first_frame_probability);
+        f.get("first_section_probability", o_.first_section_probability);
         f.get("caption_dropout", o_.caption_dropout);
         f.get("train_text_encoder", o_.train_text_encoder);
         f.get("sigma_mean", o_.sigma_mean);
@@ -95,8 +101,9 @@ class BaseStage : public TrainStage {
             const LatentClips& clips = *(media ? media_ : world_)[0];
             const int64_t i = clips.draw(gen, o_.section_latents);
             const CachedClip& clip = clips.clip(i);
+            const bool first_section = first_frame || draw_uniform(gen) < o_.first_section_probability;
             const int64_t start =
-                first_frame ? 0 : draw_index(clip.latents.size(1) - o_.section_latents + 1, gen);
+                first_section ? 0 : draw_index(clip.latents.size(1) - o_.section_latents + 1, gen);
             sections.push_back(clip.latents.slice(1, start, start + o_.section_latents).to(torch::kFloat32));
             const std::string caption =
                 clips.storyboard(i).empty()
@@ -122,7 +129,9 @@ class BaseStage : public TrainStage {
         world::Story story = world::Story::generate(o_.sample_seed, {});
         const ModelConfig& c = model_->config();
         GenerateRequest req;
-        req.frames = 1 + 4 * ((static_cast<int64_t>(o_.sample_seconds * c.fps) - 1) / 4);
+        req.frames = o_.sample_seconds > 0
+                         ? 1 + 4 * ((static_cast<int64_t>(o_.sample_seconds * c.fps) - 1) / 4)
+                         : model_->vae().video_frames(o_.section_latents);
         req.width = c.width;
         req.height = c.height;
         req.seed = o_.sample_seed;
