@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 
 #include "model/checkpoint.h"
 #include "model/json_util.h"
@@ -190,8 +191,16 @@ TEST_SUITE("train") {
         CHECK(m["weights"]["vae"] == "vae.safetensors");
         CHECK(m["weights"]["tokenizer"] == "tokenizer.model");
         CHECK(m["vae"]["mean"].size() == 16);  // the latent normalisation measured on export
-        stage("base", {{"section_latents", 2}, {"sample_seconds", 0.3}});
-        CHECK(fs::exists(run + "/base/samples/step-00000002.mp4"));
+        // Half the steps are image steps (single latent frames from more clips): the metrics say which.
+        stage("base", {{"section_latents", 2}, {"sample_seconds", 0.3}, {"image_fraction", 0.5}}, 4);
+        CHECK(fs::exists(run + "/base/samples/step-00000004.mp4"));
+        {
+            std::ifstream metrics(run + "/base/metrics.jsonl");
+            std::set<double> kinds;
+            for (std::string line; std::getline(metrics, line);)
+                kinds.insert(nlohmann::json::parse(line).at("image_step").get<double>());
+            CHECK(kinds == std::set<double>{0.0, 1.0});
+        }
         CHECK(fs::exists(run + "/latents/world/world-000001.safetensors"));
         m = read_json_file(run + "/model/model.json");
         CHECK(m["weights"]["allow_random"] == false);  // every network now has weights
@@ -199,10 +208,8 @@ TEST_SUITE("train") {
         m = read_json_file(run + "/model/model.json");
         CHECK(m["memory"]["weights"] == "memory_encoder.safetensors");
         CHECK(m["memory"]["lora"] == "lora.safetensors");
-        const auto ar = stage("ar", {{"history_seconds", {0.5, 2.0}},
-                                     {"section_latents", 2},
-                                     {"lora_rank", 4},
-                                     {"window", 1}});
+        const auto ar = stage(
+            "ar", {{"history_seconds", {0.5, 2.0}}, {"section_latents", 2}, {"lora_rank", 4}, {"window", 1}});
         CHECK(ar.output.find("starting from the run's memory encoder") != std::string::npos);
         CHECK(read_json_file(run + "/model/model.json")["memory"]["window"] == 1);  // sessions use it
 
@@ -257,11 +264,11 @@ TEST_SUITE("train") {
         CHECK(r["metric"].get<std::string>().find("LPIPS not reported") != std::string::npos);
 
         // eval consistency: the four settings of table 2 generate the same story and are scored.
-        const auto k = test::run_command(
-            test::memoreel_binary() + " --threads 1 eval consistency --model '" + run +
-            "/model/model.json' --scratch '" + dir.file("scratch/model/model.json") +
-            "' --stories 1 --seconds 4 --steps 2 --videos '" + dir.file("videos") + "' --out '" +
-            dir.file("consistency.json") + "'");
+        const auto k =
+            test::run_command(test::memoreel_binary() + " --threads 1 eval consistency --model '" + run +
+                              "/model/model.json' --scratch '" + dir.file("scratch/model/model.json") +
+                              "' --stories 1 --seconds 4 --steps 2 --videos '" + dir.file("videos") +
+                              "' --out '" + dir.file("consistency.json") + "'");
         REQUIRE_MESSAGE(k.status == 0, k.output);
         CHECK(k.output.find("no history") != std::string::npos);
         const auto c = read_json_file(dir.file("consistency.json"));
@@ -294,10 +301,9 @@ TEST_SUITE("train") {
             CHECK_MESSAGE(dit.info(n).dtype == DType::BF16, n);
         CHECK(static_cast<double>(fs::file_size(dir.file("bundle/dit.safetensors"))) <
               0.51 * static_cast<double>(fs::file_size(run + "/model/dit.safetensors")));
-        const auto gb = test::run_command(test::memoreel_binary() + " --threads 1 generate --model '" +
-                                          dir.file("bundle/model.json") +
-                                          "' --prompt 'the red fox' --seconds 1 --section-frames 2 --out '" +
-                                          dir.file("bundle.mp4") + "'");
+        const auto gb = test::run_command(
+            test::memoreel_binary() + " --threads 1 generate --model '" + dir.file("bundle/model.json") +
+            "' --prompt 'the red fox' --seconds 1 --section-frames 2 --out '" + dir.file("bundle.mp4") + "'");
         REQUIRE_MESSAGE(gb.status == 0, gb.output);
         CHECK(gb.output.find("(trained)") != std::string::npos);
     }

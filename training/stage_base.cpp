@@ -27,6 +27,11 @@ struct BaseStageOptions {
     // starts at latent 0, the VAE's single-image latent, which a uniformly drawn start almost never is (1 in
     // ~77 for a 20 s clip), so without these draws the first frames of every session come out as noise.
     double first_section_probability = 0.25;
+    // Image steps (Wan's joint image-video training): the step's latent frames are batch x section_latents
+    // single frames from as many clips and moments instead of `batch` sections. A section's frames are
+    // nearly one picture, so an image step shows section_latents times the scenes at the same cost, and
+    // appearance and layout (caption -> place, colours, characters) are what a small run learns slowest.
+    double image_fraction = 0;
     double caption_dropout = 0.1;
     bool train_text_encoder = true;
     double sigma_mean = 0.0;
@@ -46,6 +51,7 @@ class BaseStage : public TrainStage {
         f.get("section_latents", o_.section_latents);
         f.get("first_frame_probability", o_.first_frame_probability);
         f.get("first_section_probability", o_.first_section_probability);
+        f.get("image_fraction", o_.image_fraction);
         f.get("caption_dropout", o_.caption_dropout);
         f.get("train_text_encoder", o_.train_text_encoder);
         f.get("sigma_mean", o_.sigma_mean);
@@ -57,6 +63,8 @@ class BaseStage : public TrainStage {
         f.reject_unknown();
         if (o_.section_latents < 1 || o_.section_latents > 64)
             f.fail("section_latents", "must be in [1, 64]");
+        if (!(o_.image_fraction >= 0 && o_.image_fraction <= 1))
+            f.fail("image_fraction", "must be in [0, 1]");
         JsonFields d(env.config.data, where, "data");
         d.accept({"world", "media", "latent_cache"});
         d.reject_unknown();
@@ -95,16 +103,18 @@ class BaseStage : public TrainStage {
         std::vector<std::string> captions;
         // First-frame conditioning gives the DiT a clean single-image latent (as TI2V's image input and a
         // session's first frame are), which only a clip's latent 0 is: conditioned batches start there.
-        const bool first_frame = draw_uniform(gen) < o_.first_frame_probability;
-        for (int64_t b = 0; b < env_.config.batch; ++b) {
+        const bool image = o_.image_fraction > 0 && draw_uniform(gen) < o_.image_fraction;
+        const bool first_frame = !image && draw_uniform(gen) < o_.first_frame_probability;
+        const int64_t length = image ? 1 : o_.section_latents;
+        const int64_t count = image ? env_.config.batch * o_.section_latents : env_.config.batch;
+        for (int64_t b = 0; b < count; ++b) {
             const bool media = !media_.empty() && (world_.empty() || draw_uniform(gen) < o_.media_fraction);
             const LatentClips& clips = *(media ? media_ : world_)[0];
-            const int64_t i = clips.draw(gen, o_.section_latents);
+            const int64_t i = clips.draw(gen, length);
             const CachedClip& clip = clips.clip(i);
             const bool first_section = first_frame || draw_uniform(gen) < o_.first_section_probability;
-            const int64_t start =
-                first_section ? 0 : draw_index(clip.latents.size(1) - o_.section_latents + 1, gen);
-            sections.push_back(clip.latents.slice(1, start, start + o_.section_latents).to(torch::kFloat32));
+            const int64_t start = first_section ? 0 : draw_index(clip.latents.size(1) - length + 1, gen);
+            sections.push_back(clip.latents.slice(1, start, start + length).to(torch::kFloat32));
             const std::string caption =
                 clips.storyboard(i).empty()
                     ? std::string()
@@ -119,7 +129,7 @@ class BaseStage : public TrainStage {
         bo.sigma.shift = o_.sigma_shift;
         bo.first_frame_probability = first_frame ? 1.0 : 0.0;
         const FlowLoss fl = base_loss(model_->dit(), latents, text, bo, gen);
-        return {fl.loss, {}};
+        return {fl.loss, {{"image_step", image ? 1.0 : 0.0}}};
     }
 
     // Text-to-video from the first captions of a held-out story, with the model's own sampler.
