@@ -38,6 +38,7 @@ nlohmann::json vae_config(const std::string& model) {
             {"log_every", 1},
             {"checkpoint_every", 1},
             {"keep_checkpoints", 10},
+            {"ema_decay", 0.5},
             {"data", {{"world", {{"stories", 3}, {"seed", 1}, {"seconds", 4}}}}},
             {"options", {{"frames", 5}, {"crop", {32, 32}}, {"sample_frames", 5}}}};
 }
@@ -111,6 +112,11 @@ TEST_SUITE("train") {
         CHECK(weights_max_diff(dir.file("whole/vae/checkpoints/step-00000004/optimizer.safetensors"),
                                dir.file("killed/vae/checkpoints/step-00000004/optimizer.safetensors")) ==
               0.0);
+        // The weight average resumes too, and it is not the last step's weights.
+        const std::string ema4 = "vae/checkpoints/step-00000004/ema.safetensors";
+        CHECK(weights_max_diff(dir.file("whole/" + ema4), dir.file("killed/" + ema4)) == 0.0);
+        CHECK(weights_max_diff(dir.file("whole/" + ema4),
+                               dir.file("whole/vae/checkpoints/step-00000004/weights.safetensors")) > 0.0);
         CHECK(fs::exists(dir.file("killed/model/vae.safetensors")));
         CHECK(fs::exists(dir.file("killed/vae/samples/step-00000004.mp4")));
     }

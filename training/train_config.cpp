@@ -61,6 +61,7 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j, const std::string& w
     f.get("sample_every", c.sample_every);
     f.get("checkpoint_every", c.checkpoint_every);
     f.get("keep_checkpoints", c.keep_checkpoints);
+    f.get("ema_decay", c.ema_decay);
     f.get("divergence_factor", c.divergence_factor);
     f.get("divergence_loss", c.divergence_loss);
     f.accept({"data", "options", "description"});
@@ -109,6 +110,8 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j, const std::string& w
         f.fail("checkpoint_every", "must be >= 1");
     if (c.keep_checkpoints < 1)
         f.fail("keep_checkpoints", "must be >= 1");
+    if (!(c.ema_decay >= 0 && c.ema_decay < 1))
+        f.fail("ema_decay", "must be in [0, 1)");
     if (!(c.divergence_factor > 1))
         f.fail("divergence_factor", "must be > 1");
     if (!(c.divergence_loss > 0))
@@ -131,6 +134,7 @@ nlohmann::json TrainConfig::to_json() const {
             {"grad_clip", grad_clip},
             {"seed", seed},
             {"threads", threads},
+            {"ema_decay", ema_decay},
             {"log_every", log_every},
             {"sample_every", sample_every},
             {"checkpoint_every", checkpoint_every},

@@ -29,6 +29,9 @@ struct TrainConfig {
     double grad_clip = 1.0;  // global norm; 0 disables
     uint64_t seed = 0;
     int threads = 0;  // CPU threads; 0: all cores
+    // Exponential moving average of the trained weights, what samples and the exported model use (0: off,
+    // the last step's weights). Small batches make the last step's weights noisy; the average is not.
+    double ema_decay = 0;
 
     int64_t log_every = 10;          // JSONL metrics line every N steps
     int64_t sample_every = 0;        // sample videos every N steps (0: only at the end)

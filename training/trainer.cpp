@@ -63,6 +63,7 @@ void write_checkpoint(const std::string& stage_dir,
                       int64_t step,
                       const std::vector<std::pair<std::string, torch::Tensor>>& params,
                       const AdamW& optimizer,
+                      const std::vector<std::pair<std::string, torch::Tensor>>& ema,
                       const RunState& state,
                       const TrainConfig& config,
                       int world_size,
@@ -76,6 +77,8 @@ void write_checkpoint(const std::string& stage_dir,
     save_tensors((tmp / "weights.safetensors").string(), params, {{"step", std::to_string(step)}});
     save_tensors((tmp / "optimizer.safetensors").string(), optimizer.state(),
                  {{"step", std::to_string(step)}});
+    if (!ema.empty())
+        save_tensors((tmp / "ema.safetensors").string(), ema, {{"step", std::to_string(step)}});
     const nlohmann::json meta = {{"step", step},
                                  {"loss_ema", state.loss_ema},
                                  {"best_ema", state.best_ema},
@@ -102,6 +105,32 @@ void write_checkpoint(const std::string& stage_dir,
         if (all[i].first != step)
             fs::remove_all(all[i].second);
 }
+
+// While alive, the trained parameters hold the weight average (for samples and the export); the trained
+// weights come back on destruction. No-op without an average.
+class AveragedWeights {
+  public:
+    AveragedWeights(const std::vector<std::pair<std::string, torch::Tensor>>& params,
+                    const std::vector<std::pair<std::string, torch::Tensor>>& ema)
+        : params_(params) {
+        torch::NoGradGuard no_grad;
+        for (size_t i = 0; i < ema.size(); ++i) {
+            saved_.push_back(params_[i].second.clone());
+            params_[i].second.copy_(ema[i].second);
+        }
+    }
+    ~AveragedWeights() {
+        torch::NoGradGuard no_grad;
+        for (size_t i = 0; i < saved_.size(); ++i)
+            params_[i].second.copy_(saved_[i]);
+    }
+    AveragedWeights(const AveragedWeights&) = delete;
+    AveragedWeights& operator=(const AveragedWeights&) = delete;
+
+  private:
+    const std::vector<std::pair<std::string, torch::Tensor>>& params_;
+    std::vector<torch::Tensor> saved_;
+};
 
 bool all_finite(const std::vector<std::pair<std::string, torch::Tensor>>& params) {
     torch::NoGradGuard no_grad;
@@ -229,6 +258,30 @@ TrainResult run_training(TrainStage& stage, const TrainConfig& config, const Tra
     // Identical replicas from the start (also covers any initialisation that drew from a process's RNG).
     if (dp)
         dp->broadcast(tensors);
+    // The weight average starts as the weights, or as the checkpoint's average when it has one (a run that
+    // switches the average on mid-way starts it from the checkpoint's weights).
+    std::vector<std::pair<std::string, torch::Tensor>> average;
+    if (config.ema_decay > 0) {
+        torch::NoGradGuard no_grad;
+        for (const auto& [name, p] : params)
+            average.emplace_back(name, p.detach().clone());
+        const std::string file =
+            resume > 0 ? (fs::path(checkpoint_dir(options.stage_dir, resume)) / "ema.safetensors").string()
+                       : std::string();
+        if (!file.empty() && fs::exists(file)) {
+            const TensorSource stored = TensorSource::open(file);
+            for (auto& [name, t] : average) {
+                if (!stored.has(name))
+                    throw CheckpointError(file, name, "is missing from the weight average");
+                const torch::Tensor v = stored.get(name);
+                if (v.sizes() != t.sizes())
+                    throw CheckpointError(file, name, "has the wrong shape for this stage");
+                t.copy_(v);
+            }
+        } else if (resume > 0) {
+            event("the checkpoint has no weight average: it starts from the checkpoint's weights");
+        }
+    }
 
     TrainResult result;
     result.first_step = state.step + 1;
@@ -289,7 +342,7 @@ TrainResult run_training(TrainStage& stage, const TrainConfig& config, const Tra
         }
         // The weights of step - 1 just gave a good loss: their checkpoint is safe to write.
         if (checkpoint_due && leader) {
-            write_checkpoint(options.stage_dir, step - 1, params, optimizer, state, config,
+            write_checkpoint(options.stage_dir, step - 1, params, optimizer, average, state, config,
                              dp ? dp->world_size() : 1, config.keep_checkpoints);
             event("checkpoint " + checkpoint_dir(options.stage_dir, step - 1));
         }
@@ -297,6 +350,14 @@ TrainResult run_training(TrainStage& stage, const TrainConfig& config, const Tra
 
         const double lr = scheduled_lr(config, step);
         optimizer.step(lr);
+        if (!average.empty()) {
+            // Shorter memory over the first steps, so that the average is not mostly the initialisation.
+            const double d =
+                std::min(config.ema_decay, static_cast<double>(1 + step) / static_cast<double>(10 + step));
+            torch::NoGradGuard no_grad;
+            for (size_t i = 0; i < average.size(); ++i)
+                average[i].second.mul_(d).add_(params[i].second, 1 - d);
+        }
         state.step = step;
         state.loss_ema = ema;
         state.ema_started = true;
@@ -318,7 +379,10 @@ TrainResult run_training(TrainStage& stage, const TrainConfig& config, const Tra
             checkpoint_due = true;
         if (leader && config.sample_every > 0 && step % config.sample_every == 0 && step < config.steps) {
             fs::create_directories(samples_dir);
-            stage.sample(step, samples_dir);
+            {
+                AveragedWeights averaged(params, average);
+                stage.sample(step, samples_dir);
+            }
             event("samples of step " + std::to_string(step) + " in " + samples_dir);
         }
         if (options.exit_after > 0 && step == options.exit_after) {
@@ -334,12 +398,13 @@ TrainResult run_training(TrainStage& stage, const TrainConfig& config, const Tra
                               last_good());
     const int64_t done = latest_checkpoint_step(options.stage_dir);
     if (leader && done < config.steps) {
-        write_checkpoint(options.stage_dir, config.steps, params, optimizer, state, config,
+        write_checkpoint(options.stage_dir, config.steps, params, optimizer, average, state, config,
                          dp ? dp->world_size() : 1, config.keep_checkpoints);
         event("checkpoint " + checkpoint_dir(options.stage_dir, config.steps));
     }
     if (leader) {
         fs::create_directories(samples_dir);
+        AveragedWeights averaged(params, average);
         stage.sample(config.steps, samples_dir);
         stage.export_model(options.model_dir);
         event("exported into " + options.model_dir);

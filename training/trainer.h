@@ -1,12 +1,12 @@
 // The training loop every stage shares: AdamW with warm-up + cosine schedule and gradient clipping, data
-// parallel gradient averaging, JSONL metrics, periodic samples, atomic checkpoints with exact resume, and
-// divergence detection.
+// parallel gradient averaging, an optional moving average of the weights (what samples and the export use),
+// JSONL metrics, periodic samples, atomic checkpoints with exact resume, and divergence detection.
 //
 // Exact resume: a step's randomness comes from a generator seeded by (seed, step, rank) alone, and a
-// checkpoint holds the trainable weights and the optimiser state, so a resumed run computes the same steps
-// as an uninterrupted one. A checkpoint of step s is written once step s+1's forward and backward have shown
-// that its weights give a finite, non-divergent loss (and before step s+1 updates them), so the last
-// checkpoint on disk is always a good one: a diverging run stops with a message naming it.
+// checkpoint holds the trainable weights, the optimiser state and the weight average, so a resumed run
+// computes the same steps as an uninterrupted one. A checkpoint of step s is written once step s+1's forward
+// and backward have shown that its weights give a finite, non-divergent loss (and before step s+1 updates
+// them), so the last checkpoint on disk is always a good one: a diverging run stops with a message naming it.
 #pragma once
 
 #include <torch/torch.h>
