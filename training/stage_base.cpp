@@ -38,8 +38,8 @@ struct BaseStageOptions {
     double sigma_std = 1.0;
     double sigma_shift = 1.0;
     double media_fraction = 0.2;
-    double sample_seconds =
-        0;  // 0: one section (what the DiT is trained on; longer clips meet unseen positions)
+    // 0: one section, what the DiT is trained on (longer clips put latent frames at untrained positions).
+    double sample_seconds = 0;
     uint64_t sample_seed = 900001;
 };
 

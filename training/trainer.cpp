@@ -106,6 +106,21 @@ void write_checkpoint(const std::string& stage_dir,
             fs::remove_all(all[i].second);
 }
 
+// Copies every named tensor from a checkpoint file into its counterpart, naming a missing or mis-shaped one.
+void copy_stored(const TensorSource& stored,
+                 const std::vector<std::pair<std::string, torch::Tensor>>& into,
+                 const std::string& missing) {
+    torch::NoGradGuard no_grad;
+    for (const auto& [name, t] : into) {
+        if (!stored.has(name))
+            throw CheckpointError(stored.description(), name, missing);
+        const torch::Tensor v = stored.get(name);
+        if (v.sizes() != t.sizes())
+            throw CheckpointError(stored.file_of(name), name, "has the wrong shape for this stage");
+        torch::Tensor(t).copy_(v);
+    }
+}
+
 // While alive, the trained parameters hold the weight average (for samples and the export); the trained
 // weights come back on destruction. No-op without an average.
 class AveragedWeights {
@@ -196,19 +211,7 @@ TrainResult run_training(TrainStage& stage, const TrainConfig& config, const Tra
     if (resume > 0) {
         const std::string dir = checkpoint_dir(options.stage_dir, resume);
         const TensorSource weights = TensorSource::open((fs::path(dir) / "weights.safetensors").string());
-        {
-            torch::NoGradGuard no_grad;
-            for (auto& [name, p] : params) {
-                if (!weights.has(name))
-                    throw CheckpointError(
-                        weights.description(), name,
-                        "is missing: the checkpoint was written by a different stage setup");
-                const torch::Tensor t = weights.get(name);
-                if (t.sizes() != p.sizes())
-                    throw CheckpointError(weights.file_of(name), name, "has the wrong shape for this stage");
-                p.copy_(t);
-            }
-        }
+        copy_stored(weights, params, "is missing: the checkpoint was written by a different stage setup");
         optimizer.load_state(TensorSource::open((fs::path(dir) / "optimizer.safetensors").string()));
         const nlohmann::json meta = read_json_file((fs::path(dir) / "state.json").string());
         state.step = resume;
@@ -269,15 +272,7 @@ TrainResult run_training(TrainStage& stage, const TrainConfig& config, const Tra
             resume > 0 ? (fs::path(checkpoint_dir(options.stage_dir, resume)) / "ema.safetensors").string()
                        : std::string();
         if (!file.empty() && fs::exists(file)) {
-            const TensorSource stored = TensorSource::open(file);
-            for (auto& [name, t] : average) {
-                if (!stored.has(name))
-                    throw CheckpointError(file, name, "is missing from the weight average");
-                const torch::Tensor v = stored.get(name);
-                if (v.sizes() != t.sizes())
-                    throw CheckpointError(file, name, "has the wrong shape for this stage");
-                t.copy_(v);
-            }
+            copy_stored(TensorSource::open(file), average, "is missing from the weight average");
         } else if (resume > 0) {
             event("the checkpoint has no weight average: it starts from the checkpoint's weights");
         }
