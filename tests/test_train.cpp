@@ -256,7 +256,10 @@ TEST_SUITE("train") {
                               "/model/model.json' --stories 1 --history-seconds 2 --positions 3 " +
                               "--buckets 3 --steps 2 --out '" + dir.file("retrieval.json") + "'");
         REQUIRE_MESSAGE(e.status == 0, e.output);
-        CHECK(e.output.find("overall") != std::string::npos);
+        // The printed table is Markdown, one row per model, with the bucket columns.
+        CHECK(e.output.find("| model | memory | overall |") != std::string::npos);
+        CHECK(e.output.find("| " + run + "/model/model.json | proposed ") != std::string::npos);
+        CHECK(e.output.find(" 67-100 % |") != std::string::npos);
         const auto r = read_json_file(dir.file("retrieval.json"));
         REQUIRE(r["models"].size() == 1);
         const auto& row = r["models"][0];
@@ -276,7 +279,7 @@ TEST_SUITE("train") {
                               "' --stories 1 --seconds 4 --steps 2 --videos '" + dir.file("videos") +
                               "' --out '" + dir.file("consistency.json") + "'");
         REQUIRE_MESSAGE(k.status == 0, k.output);
-        CHECK(k.output.find("no history") != std::string::npos);
+        CHECK(k.output.find("| no history | ") != std::string::npos);
         const auto c = read_json_file(dir.file("consistency.json"));
         REQUIRE(c["settings"].size() == 4);
         CHECK(c["settings"][0]["name"] == "full memory");

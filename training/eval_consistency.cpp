@@ -154,23 +154,23 @@ nlohmann::json evaluate_consistency(const ConsistencyEvalOptions& o,
 }
 
 std::string consistency_table(const nlohmann::json& r) {
+    // The paper's table 2 layout, as Markdown: one row per setting.
     std::ostringstream out;
     out << "story consistency over " << r.value("stories", int64_t(0)) << " held-out stories of "
-        << r.value("seconds", 0.0) << " s (seed " << r.value("story_seed", uint64_t(0)) << ")\n";
-    out << "setting                      place identified  place similarity  character kept (unstated / "
-           "stated)\n";
-    char line[200];
+        << r.value("seconds", 0.0) << " s (seed " << r.value("story_seed", uint64_t(0)) << ")\n\n";
+    out << "| setting | place identified (returns) | place similarity | character kept, unstated (returns) | "
+           "character kept, stated (returns) |\n|---|---|---|---|---|\n";
+    char line[256];
     for (const auto& s : r.at("settings")) {
         const auto& a = s.at("overall");
-        std::snprintf(line, sizeof(line),
-                      "%-28s %6.1f %% (%3lld)     %.3f            %5.1f %% (%lld) / %5.1f %% (%lld)\n",
-                      s.at("name").get<std::string>().c_str(), a["place"]["identified"].get<double>() * 100,
-                      static_cast<long long>(a["place"]["returns"].get<int64_t>()),
-                      a["place"]["similarity"].get<double>(),
-                      a["character_unstated"]["kept"].get<double>() * 100,
-                      static_cast<long long>(a["character_unstated"]["returns"].get<int64_t>()),
-                      a["character_stated"]["kept"].get<double>() * 100,
-                      static_cast<long long>(a["character_stated"]["returns"].get<int64_t>()));
+        std::snprintf(
+            line, sizeof(line), "| %s | %.1f %% (%lld) | %.3f | %.1f %% (%lld) | %.1f %% (%lld) |\n",
+            s.at("name").get<std::string>().c_str(), a["place"]["identified"].get<double>() * 100,
+            static_cast<long long>(a["place"]["returns"].get<int64_t>()),
+            a["place"]["similarity"].get<double>(), a["character_unstated"]["kept"].get<double>() * 100,
+            static_cast<long long>(a["character_unstated"]["returns"].get<int64_t>()),
+            a["character_stated"]["kept"].get<double>() * 100,
+            static_cast<long long>(a["character_stated"]["returns"].get<int64_t>()));
         out << line;
     }
     return out.str();

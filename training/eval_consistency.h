@@ -47,6 +47,7 @@ std::vector<ConsistencySetting> table2_settings(const std::string& full_model,
 nlohmann::json evaluate_consistency(const ConsistencyEvalOptions& options,
                                     const std::function<void(const std::string&)>& progress = {});
 
+// The table evaluate_consistency's JSON describes, as Markdown (one row per setting).
 std::string consistency_table(const nlohmann::json& result);
 
 }  // namespace memoreel

@@ -221,28 +221,47 @@ nlohmann::json evaluate_retrieval(const RetrievalEvalOptions& o,
 }
 
 std::string retrieval_table(const nlohmann::json& r) {
+    // The paper's table 1 layout, as Markdown: one row per model; columns overall, per source, per bucket of
+    // the frame's position in the history (0 % = its start).
     std::ostringstream out;
     out << "retrieval from a " << r.value("history_seconds", 0.0)
-        << " s history, PSNR dB / SSIM per position bucket\n";
-    for (const auto& m : r.at("models")) {
-        out << m.at("model").get<std::string>() << " (" << m["memory"]["variant"].get<std::string>() << " "
-            << m["memory"]["rates"].get<std::string>() << ")\n";
-        char line[160];
-        for (const auto& b : m.at("buckets")) {
-            std::snprintf(line, sizeof(line), "  %3.0f-%3.0f %%  %6.2f / %.4f  (%lld frames)\n",
-                          b["from"].get<double>() * 100, b["to"].get<double>() * 100, b["psnr"].get<double>(),
-                          b["ssim"].get<double>(), static_cast<long long>(b["frames"].get<int64_t>()));
-            out << line;
-        }
-        for (const auto& [name, s] : m.at("sources").items()) {
-            std::snprintf(line, sizeof(line), "  %-9s  %6.2f / %.4f\n", name.c_str(), s["psnr"].get<double>(),
-                          s["ssim"].get<double>());
-            out << line;
-        }
-        std::snprintf(line, sizeof(line), "  overall    %6.2f / %.4f\n", m["overall"]["psnr"].get<double>(),
-                      m["overall"]["ssim"].get<double>());
-        out << line;
+        << " s history, PSNR dB / SSIM (LPIPS not reported: no LPIPS weights offline)\n\n";
+    const auto& models = r.at("models");
+    if (models.empty())
+        return out.str();
+    std::vector<std::string> sources;
+    for (const auto& item : models[0].at("sources").items())
+        sources.push_back(item.key());
+    out << "| model | memory | overall |";
+    for (const auto& s : sources)
+        out << " " << s << " |";
+    char cell[64];
+    for (const auto& b : models[0].at("buckets")) {
+        std::snprintf(cell, sizeof(cell), " %.0f-%.0f %% |", b["from"].get<double>() * 100,
+                      b["to"].get<double>() * 100);
+        out << cell;
     }
+    out << "\n|---|---|---|";
+    for (size_t i = 0; i < sources.size() + models[0].at("buckets").size(); ++i)
+        out << "---|";
+    out << "\n";
+    const auto format = [&](const nlohmann::json& v) {
+        std::snprintf(cell, sizeof(cell), " %.2f / %.4f |", v.value("psnr", 0.0), v.value("ssim", 0.0));
+        return std::string(cell);
+    };
+    for (const auto& m : models) {
+        out << "| " << m.at("model").get<std::string>() << " | " << m["memory"]["variant"].get<std::string>()
+            << " " << m["memory"]["rates"].get<std::string>() << " |" << format(m.at("overall"));
+        for (const auto& s : sources)
+            out << (m.at("sources").contains(s) ? format(m["sources"][s]) : std::string(" - |"));
+        for (const auto& b : m.at("buckets"))
+            out << format(b);
+        out << "\n";
+    }
+    out << "\nframes: " << models[0]["overall"].value("frames", int64_t(0)) << " per model";
+    for (const auto& s : sources)
+        out << ", " << s << " " << models[0]["sources"][s].value("frames", 0.0);
+    out << "\n";
     return out.str();
 }
 

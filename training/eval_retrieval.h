@@ -36,7 +36,8 @@ struct RetrievalEvalOptions {
 nlohmann::json evaluate_retrieval(const RetrievalEvalOptions& options,
                                   const std::function<void(const std::string&)>& progress = {});
 
-// The table evaluate_retrieval's JSON describes, as text (one row per model and source).
+// The table evaluate_retrieval's JSON describes, as Markdown (one row per model: overall, per source, per
+// position bucket).
 std::string retrieval_table(const nlohmann::json& result);
 
 }  // namespace memoreel
