@@ -224,8 +224,8 @@ std::string retrieval_table(const nlohmann::json& r) {
     // The paper's table 1 layout, as Markdown: one row per model; columns overall, per source, per bucket of
     // the frame's position in the history (0 % = its start).
     std::ostringstream out;
-    out << "retrieval from a " << r.value("history_seconds", 0.0)
-        << " s history, PSNR dB / SSIM (LPIPS not reported: no LPIPS weights offline)\n\n";
+    out << "retrieval from a " << r.value("history_seconds", 0.0) << " s history: " << r.value("metric", "")
+        << "\n\n";
     const auto& models = r.at("models");
     if (models.empty())
         return out.str();
