@@ -8,9 +8,11 @@
 #include <fstream>
 #include <map>
 #include <set>
+#include <sstream>
 
 #include "model/checkpoint.h"
 #include "model/json_util.h"
+#include "model/tokenizer.h"
 #include "tests/test_support.h"
 #include "training/train_config.h"
 
@@ -191,7 +193,18 @@ TEST_SUITE("train") {
             return r;
         };
         const auto tok = stage("tokenizer", {{"vocab_size", 200}});
-        CHECK(tok.output.find("pieces from") != std::string::npos);
+        CHECK(tok.output.find("tokenizer (bpe):") != std::string::npos);
+        {
+            // BPE keeps the captions' words whole (SentencePiece's unigram spelled "purple" in six pieces).
+            const Tokenizer t(run + "/model/tokenizer.model");
+            std::ifstream captions(run + "/tokenizer/captions.txt");
+            std::string first;
+            std::getline(captions, first);
+            std::istringstream words(first);
+            for (std::string w; words >> w;)
+                if (w.back() != ',')
+                    CHECK_MESSAGE(t.encode_pieces(w).size() == 1, w);
+        }
         stage("vae", {{"frames", 5}, {"crop", {32, 32}}, {"sample_frames", 5}});
         auto m = read_json_file(run + "/model/model.json");
         CHECK(m["weights"]["vae"] == "vae.safetensors");
@@ -240,6 +253,41 @@ TEST_SUITE("train") {
             const auto sm = read_json_file(dir.file("scratch/model/model.json"));
             CHECK(sm["weights"]["dit"] == "../../run/model/dit.safetensors");
             CHECK(sm["memory"]["weights"] == "memory_encoder.safetensors");
+        }
+
+        // A new tokenizer on a trained model (a variant run): its text encoder goes, and a base run
+        // warm-starts the DiT from the base run's checkpoint while the text encoder starts over.
+        {
+            nlohmann::json j = {{"stage", "tokenizer"},
+                                {"model", run + "/model/model.json"},
+                                {"steps", 1},
+                                {"data", {{"world", world}}},
+                                {"options", {{"vocab_size", 60}, {"model_type", "unigram"}}}};
+            const auto t = train("tokenizer", write_config(dir, "tok-unigram", j), dir.file("warm"));
+            REQUIRE_MESSAGE(t.status == 0, t.output);
+            CHECK(t.output.find("the tokenizer changed") != std::string::npos);
+            CHECK(read_json_file(dir.file("warm/model/model.json"))["weights"].value("text_encoder", "?") ==
+                  "");
+            nlohmann::json b = {{"stage", "base"},
+                                {"model", run + "/model/model.json"},
+                                {"steps", 1},
+                                {"lr", 1e-4},
+                                {"seed", 5},
+                                {"init_from",
+                                 {{"weights", run + "/base/checkpoints/step-00000004/weights.safetensors"},
+                                  {"only", {"dit."}}}},
+                                {"data", {{"world", world}, {"latent_cache", run + "/latents"}}},
+                                {"options", {{"section_latents", 2}, {"sample_seconds", 0.3}}}};
+            const auto w = train("base", write_config(dir, "base-warm", b), dir.file("warm"));
+            REQUIRE_MESSAGE(w.status == 0, w.output);
+            CHECK(w.output.find("warm start: ") != std::string::npos);
+            CHECK(w.output.find("(dit.) from") != std::string::npos);
+            CHECK(read_json_file(dir.file("warm/model/model.json"))["weights"]["text_encoder"] ==
+                  "text_encoder.safetensors");
+            b["init_from"]["only"] = {"ditt."};
+            const auto bad = train("base", write_config(dir, "base-typo", b), dir.file("typo"));
+            CHECK(bad.status != 0);
+            CHECK(bad.output.find("init_from.only") != std::string::npos);
         }
 
         const auto g = test::run_command(

@@ -64,7 +64,17 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j, const std::string& w
     f.get("ema_decay", c.ema_decay);
     f.get("divergence_factor", c.divergence_factor);
     f.get("divergence_loss", c.divergence_loss);
-    f.accept({"data", "options", "description"});
+    if (j.contains("init_from")) {
+        JsonFields init(j["init_from"], where, "init_from");
+        init.get("weights", c.init_from);
+        init.get("only", c.init_prefixes);
+        init.reject_unknown();
+        if (c.init_from.empty())
+            init.fail("weights", "must name a checkpoint's weights.safetensors or ema.safetensors");
+        if (c.init_prefixes.empty())
+            init.fail("only", "must list the name prefixes to copy (e.g. [\"dit.\"])");
+    }
+    f.accept({"data", "options", "description", "init_from"});
     f.reject_unknown();
     if (j.contains("data"))
         c.data = j["data"];
@@ -120,29 +130,32 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j, const std::string& w
 }
 
 nlohmann::json TrainConfig::to_json() const {
-    return {{"stage", stage},
-            {"model", model},
-            {"steps", steps},
-            {"batch", batch},
-            {"lr", lr},
-            {"warmup", warmup},
-            {"final_lr_ratio", final_lr_ratio},
-            {"weight_decay", weight_decay},
-            {"beta1", beta1},
-            {"beta2", beta2},
-            {"eps", eps},
-            {"grad_clip", grad_clip},
-            {"seed", seed},
-            {"threads", threads},
-            {"ema_decay", ema_decay},
-            {"log_every", log_every},
-            {"sample_every", sample_every},
-            {"checkpoint_every", checkpoint_every},
-            {"keep_checkpoints", keep_checkpoints},
-            {"divergence_factor", divergence_factor},
-            {"divergence_loss", divergence_loss},
-            {"data", data},
-            {"options", options}};
+    nlohmann::json j = {{"stage", stage},
+                        {"model", model},
+                        {"steps", steps},
+                        {"batch", batch},
+                        {"lr", lr},
+                        {"warmup", warmup},
+                        {"final_lr_ratio", final_lr_ratio},
+                        {"weight_decay", weight_decay},
+                        {"beta1", beta1},
+                        {"beta2", beta2},
+                        {"eps", eps},
+                        {"grad_clip", grad_clip},
+                        {"seed", seed},
+                        {"threads", threads},
+                        {"ema_decay", ema_decay},
+                        {"log_every", log_every},
+                        {"sample_every", sample_every},
+                        {"checkpoint_every", checkpoint_every},
+                        {"keep_checkpoints", keep_checkpoints},
+                        {"divergence_factor", divergence_factor},
+                        {"divergence_loss", divergence_loss},
+                        {"data", data},
+                        {"options", options}};
+    if (!init_from.empty())
+        j["init_from"] = {{"weights", init_from}, {"only", init_prefixes}};
+    return j;
 }
 
 double scheduled_lr(const TrainConfig& c, int64_t step) {

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace memoreel {
 
@@ -32,6 +33,11 @@ struct TrainConfig {
     // Exponential moving average of the trained weights, what samples and the exported model use (0: off,
     // the last step's weights). Small batches make the last step's weights noisy; the average is not.
     double ema_decay = 0;
+    // Warm start: a run that starts without a checkpoint first copies the tensors named with one of
+    // init_prefixes (e.g. "dit.") from init_from, a checkpoint's weights.safetensors or ema.safetensors; the
+    // rest start as the stage builds them. Used to keep a trained DiT while its text encoder starts over.
+    std::string init_from;
+    std::vector<std::string> init_prefixes;
 
     int64_t log_every = 10;          // JSONL metrics line every N steps
     int64_t sample_every = 0;        // sample videos every N steps (0: only at the end)

@@ -121,6 +121,31 @@ void copy_stored(const TensorSource& stored,
     }
 }
 
+// A fresh run's warm start (config.init_from): copies the stored tensors whose names start with one of the
+// prefixes into the trained ones. Every trained tensor under a prefix must be stored with its shape, so a
+// typo or another architecture fails here instead of training half a model from scratch.
+std::string warm_start(const TrainConfig& config,
+                       const std::vector<std::pair<std::string, torch::Tensor>>& params) {
+    const TensorSource stored = TensorSource::open(config.init_from);
+    std::vector<std::pair<std::string, torch::Tensor>> chosen;
+    for (const auto& [name, t] : params)
+        for (const auto& prefix : config.init_prefixes)
+            if (name.rfind(prefix, 0) == 0) {
+                chosen.emplace_back(name, t);
+                break;
+            }
+    if (chosen.empty())
+        throw CheckpointError(config.source_path, "",
+                              "field 'init_from.only': no trained tensor of stage " + config.stage +
+                                  " starts with these prefixes");
+    copy_stored(stored, chosen, "is missing (named by init_from in " + config.source_path + ")");
+    std::string prefixes;
+    for (const auto& p : config.init_prefixes)
+        prefixes += (prefixes.empty() ? "" : ", ") + p;
+    return "warm start: " + std::to_string(chosen.size()) + " of " + std::to_string(params.size()) +
+           " trained tensors (" + prefixes + ") from " + config.init_from + ", the others as built";
+}
+
 // While alive, the trained parameters hold the weight average (for samples and the export); the trained
 // weights come back on destruction. No-op without an average.
 class AveragedWeights {
@@ -252,8 +277,11 @@ TrainResult run_training(TrainStage& stage, const TrainConfig& config, const Tra
             truncate_metrics(metrics_path, resume);
         }
         event("resumed from " + dir + " (step " + std::to_string(resume) + ")");
-    } else if (leader) {
-        truncate_metrics(metrics_path, 0);
+    } else {
+        if (!config.init_from.empty())
+            event(warm_start(config, params));
+        if (leader)
+            truncate_metrics(metrics_path, 0);
     }
     if (leader)
         write_file_atomic((fs::path(options.stage_dir) / "config.json").string(),
