@@ -278,8 +278,20 @@ TEST_SUITE("train") {
                                   {"only", {"dit."}}}},
                                 {"data", {{"world", world}, {"latent_cache", run + "/latents"}}},
                                 {"options", {{"section_latents", 2}, {"sample_seconds", 0.3}}}};
+            // First the same step under bf16 autocast, from the same start (the warm run's model folder
+            // before its base exports into it): its loss agrees with fp32's to bf16 rounding.
+            nlohmann::json b16 = b;
+            b16["precision"] = "bf16";
+            b16["model"] = dir.file("warm/model/model.json");
+            const auto w16 = train("base", write_config(dir, "base-warm16", b16), dir.file("warm16"));
+            REQUIRE_MESSAGE(w16.status == 0, w16.output);
+            CHECK(read_json_file(dir.file("warm16/base/config.json"))["precision"] == "bf16");
             const auto w = train("base", write_config(dir, "base-warm", b), dir.file("warm"));
             REQUIRE_MESSAGE(w.status == 0, w.output);
+            const double l32 = losses(dir.file("warm/base/metrics.jsonl")).at(1);
+            const double l16 = losses(dir.file("warm16/base/metrics.jsonl")).at(1);
+            CHECK(l16 == doctest::Approx(l32).epsilon(0.03));
+            CHECK(l16 != l32);  // it did run in bf16
             CHECK(w.output.find("warm start: ") != std::string::npos);
             CHECK(w.output.find("(dit.) from") != std::string::npos);
             CHECK(read_json_file(dir.file("warm/model/model.json"))["weights"]["text_encoder"] ==

@@ -62,6 +62,7 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j, const std::string& w
     f.get("checkpoint_every", c.checkpoint_every);
     f.get("keep_checkpoints", c.keep_checkpoints);
     f.get("ema_decay", c.ema_decay);
+    f.get("precision", c.precision);
     f.get("divergence_factor", c.divergence_factor);
     f.get("divergence_loss", c.divergence_loss);
     if (j.contains("init_from")) {
@@ -122,6 +123,8 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j, const std::string& w
         f.fail("keep_checkpoints", "must be >= 1");
     if (!(c.ema_decay >= 0 && c.ema_decay < 1))
         f.fail("ema_decay", "must be in [0, 1)");
+    if (c.precision != "fp32" && c.precision != "bf16")
+        f.fail("precision", "must be 'fp32' or 'bf16' (is '" + c.precision + "')");
     if (!(c.divergence_factor > 1))
         f.fail("divergence_factor", "must be > 1");
     if (!(c.divergence_loss > 0))
@@ -153,6 +156,7 @@ nlohmann::json TrainConfig::to_json() const {
                         {"divergence_loss", divergence_loss},
                         {"data", data},
                         {"options", options}};
+    j["precision"] = precision;
     if (!init_from.empty())
         j["init_from"] = {{"weights", init_from}, {"only", init_prefixes}};
     return j;

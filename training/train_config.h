@@ -33,6 +33,9 @@ struct TrainConfig {
     // Exponential moving average of the trained weights, what samples and the exported model use (0: off,
     // the last step's weights). Small batches make the last step's weights noisy; the average is not.
     double ema_decay = 0;
+    // "bf16": each step's forward runs under autocast (matrix products in bfloat16, weights and optimiser
+    // fp32); "fp32": everything fp32.
+    std::string precision = "fp32";
     // Warm start: a run that starts without a checkpoint first copies the tensors named with one of
     // init_prefixes (e.g. "dit.") from init_from, a checkpoint's weights.safetensors or ema.safetensors; the
     // rest start as the stage builds them. Used to keep a trained DiT while its text encoder starts over.

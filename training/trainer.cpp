@@ -13,6 +13,7 @@
 #include "model/checkpoint.h"
 #include "model/json_util.h"
 #include "training/adamw.h"
+#include "training/autocast.h"
 #include "training/distributed.h"
 
 namespace fs = std::filesystem;
@@ -325,7 +326,10 @@ TrainResult run_training(TrainStage& stage, const TrainConfig& config, const Tra
     for (int64_t step = state.step + 1; step <= config.steps; ++step) {
         auto gen = torch::make_generator<torch::CPUGeneratorImpl>(step_seed(config.seed, step, rank));
         optimizer.zero_grad();
-        StepOutput out = stage.forward(step, gen);
+        StepOutput out = [&] {
+            const Autocast autocast(config.precision == "bf16", tensors.front().device());
+            return stage.forward(step, gen);
+        }();
         out.loss.backward();
         if (dp)
             dp->average_gradients(tensors);
