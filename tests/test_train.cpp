@@ -14,6 +14,7 @@
 #include "model/json_util.h"
 #include "model/tokenizer.h"
 #include "tests/test_support.h"
+#include "training/adamw.h"
 #include "training/train_config.h"
 
 using namespace memoreel;
@@ -388,6 +389,26 @@ TEST_SUITE("train") {
         CHECK(scheduled_lr(c, 5) == doctest::Approx(0.5));
         CHECK(scheduled_lr(c, 10) == doctest::Approx(1.0));
         CHECK(scheduled_lr(c, 100) == doctest::Approx(c.final_lr_ratio));
+    }
+
+    TEST_CASE("lr_scale multiplies the learning rate of the tensors under a prefix") {
+        const TrainConfig c = TrainConfig::from_json(
+            {{"stage", "base"}, {"lr_scale", {{"text_encoder.", 10.0}, {"text_encoder.norm", 2.0}}}}, "x");
+        CHECK(c.lr_scale.at("text_encoder.") == 10.0);
+        CHECK_THROWS_WITH(
+            TrainConfig::from_json({{"stage", "base"}, {"lr_scale", {{"dit.", -1.0}}}}, "x.json"),
+            doctest::Contains("'lr_scale'"));
+        // Same gradients: the first Adam step moves each tensor by lr x its scale (the longest prefix wins).
+        std::vector<std::pair<std::string, torch::Tensor>> params;
+        for (const char* name : {"dit.w", "text_encoder.w", "text_encoder.norm.w"})
+            params.emplace_back(name, torch::zeros({3}, torch::kFloat64).requires_grad_(true));
+        AdamW opt(params, {0.9, 0.999, 1e-8, 0.0, {c.lr_scale.begin(), c.lr_scale.end()}});
+        for (auto& [name, p] : params)
+            p.mutable_grad() = torch::ones({3}, torch::kFloat64);
+        opt.step(1e-3);
+        CHECK(params[0].second[0].item<double>() == doctest::Approx(-1e-3));
+        CHECK(params[1].second[0].item<double>() == doctest::Approx(-1e-2));
+        CHECK(params[2].second[0].item<double>() == doctest::Approx(-2e-3));
     }
 
     TEST_CASE("a train config extends another: fields merge over it, missing or cyclic bases are named") {

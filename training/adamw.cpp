@@ -11,6 +11,14 @@ AdamW::AdamW(std::vector<std::pair<std::string, torch::Tensor>> params, AdamWOpt
     for (const auto& [name, p] : params_) {
         exp_avg_.push_back(torch::zeros_like(p, torch::MemoryFormat::Contiguous));
         exp_avg_sq_.push_back(torch::zeros_like(p, torch::MemoryFormat::Contiguous));
+        double scale = 1.0;
+        size_t matched = 0;
+        for (const auto& [prefix, s] : options_.lr_scale)
+            if (name.rfind(prefix, 0) == 0 && prefix.size() > matched) {
+                scale = s;
+                matched = prefix.size();
+            }
+        scale_.push_back(scale);
     }
 }
 
@@ -24,12 +32,13 @@ void AdamW::step(double lr) {
         const torch::Tensor& g = p.grad();
         if (!g.defined())
             continue;
+        const double lr_i = lr * scale_[i];
         if (options_.weight_decay > 0 && p.dim() >= 2)
-            p.mul_(1.0 - lr * options_.weight_decay);
+            p.mul_(1.0 - lr_i * options_.weight_decay);
         exp_avg_[i].mul_(options_.beta1).add_(g, 1.0 - options_.beta1);
         exp_avg_sq_[i].mul_(options_.beta2).addcmul_(g, g, 1.0 - options_.beta2);
         const torch::Tensor denom = (exp_avg_sq_[i] / bias2).sqrt_().add_(options_.eps);
-        p.addcdiv_(exp_avg_[i], denom, -lr / bias1);
+        p.addcdiv_(exp_avg_[i], denom, -lr_i / bias1);
     }
 }
 

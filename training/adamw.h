@@ -17,6 +17,8 @@ struct AdamWOptions {
     double beta2 = 0.999;
     double eps = 1e-8;
     double weight_decay = 0.01;  // applied to parameters with 2 or more dimensions (not norms and biases)
+    // Learning-rate multipliers by parameter-name prefix (the longest matching prefix applies; others get 1).
+    std::vector<std::pair<std::string, double>> lr_scale;
 };
 
 class AdamW {
@@ -44,6 +46,7 @@ class AdamW {
     std::vector<std::pair<std::string, torch::Tensor>> params_;
     std::vector<torch::Tensor> exp_avg_;
     std::vector<torch::Tensor> exp_avg_sq_;
+    std::vector<double> scale_;  // per parameter, from options_.lr_scale
     AdamWOptions options_;
     int64_t steps_ = 0;
 };

@@ -63,6 +63,11 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j, const std::string& w
     f.get("keep_checkpoints", c.keep_checkpoints);
     f.get("ema_decay", c.ema_decay);
     f.get("precision", c.precision);
+    f.get("lr_scale", c.lr_scale);
+    for (const auto& [prefix, scale] : c.lr_scale)
+        if (prefix.empty() || !(scale > 0 && scale <= 1000))
+            f.fail("lr_scale", "maps name prefixes to multipliers in (0, 1000] (is '" + prefix +
+                                   "': " + std::to_string(scale) + ")");
     f.get("divergence_factor", c.divergence_factor);
     f.get("divergence_loss", c.divergence_loss);
     if (j.contains("init_from")) {
@@ -157,6 +162,8 @@ nlohmann::json TrainConfig::to_json() const {
                         {"data", data},
                         {"options", options}};
     j["precision"] = precision;
+    if (!lr_scale.empty())
+        j["lr_scale"] = lr_scale;
     if (!init_from.empty())
         j["init_from"] = {{"weights", init_from}, {"only", init_prefixes}};
     return j;

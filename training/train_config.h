@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,9 @@ struct TrainConfig {
     // Exponential moving average of the trained weights, what samples and the exported model use (0: off,
     // the last step's weights). Small batches make the last step's weights noisy; the average is not.
     double ema_decay = 0;
+    // Learning-rate multipliers by trained-tensor name prefix, e.g. {"text_encoder.": 10}: a text encoder
+    // that starts over under a warm-started DiT learns at its own pace.
+    std::map<std::string, double> lr_scale;
     // "bf16": each step's forward runs under autocast (matrix products in bfloat16, weights and optimiser
     // fp32); "fp32": everything fp32.
     std::string precision = "fp32";

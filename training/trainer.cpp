@@ -226,7 +226,11 @@ TrainResult run_training(TrainStage& stage, const TrainConfig& config, const Tra
     std::vector<torch::Tensor> tensors;
     for (const auto& [name, p] : params)
         tensors.push_back(p);
-    AdamW optimizer(params, {config.beta1, config.beta2, config.eps, config.weight_decay});
+    AdamW optimizer(params, {config.beta1,
+                             config.beta2,
+                             config.eps,
+                             config.weight_decay,
+                             {config.lr_scale.begin(), config.lr_scale.end()}});
 
     RunState state;
     if (options.restart && leader)
