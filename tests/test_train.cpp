@@ -100,6 +100,7 @@ TEST_SUITE("train") {
         auto resumed = train("vae", config, dir.file("killed"));
         REQUIRE_MESSAGE(resumed.status == 0, resumed.output);
         CHECK(resumed.output.find("resumed from") != std::string::npos);
+        CHECK(resumed.output.find("resuming with a different") == std::string::npos);
 
         std::map<int64_t, int> lines;
         const auto a = losses(dir.file("whole/vae/metrics.jsonl"));
@@ -122,6 +123,15 @@ TEST_SUITE("train") {
                                dir.file("whole/vae/checkpoints/step-00000004/weights.safetensors")) > 0.0);
         CHECK(fs::exists(dir.file("killed/model/vae.safetensors")));
         CHECK(fs::exists(dir.file("killed/vae/samples/step-00000004.mp4")));
+
+        // Going on with a field the checkpoint's config did not have is named too (its default was in force).
+        nlohmann::json more = vae_config(small_model(dir));
+        more["steps"] = 5;
+        more["lr_scale"] = {{"decoder.", 2.0}};
+        const auto longer = train("vae", write_config(dir, "vae-more", more), dir.file("killed"));
+        REQUIRE_MESSAGE(longer.status == 0, longer.output);
+        CHECK(longer.output.find("different 'lr_scale'") != std::string::npos);
+        CHECK(longer.output.find("different 'steps'") != std::string::npos);
     }
 
     TEST_CASE("divergence stops the run with a clear message and keeps the last good checkpoint") {

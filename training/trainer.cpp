@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "model/checkpoint.h"
@@ -257,16 +258,26 @@ TrainResult run_training(TrainStage& stage, const TrainConfig& config, const Tra
                                           config.stage + "' (use --restart)");
             // Anything but the logging/sample/checkpoint cadence changes the steps that follow: the run goes
             // on, but it is no longer the run the checkpoint began (steps, for one, reshape the lr schedule).
-            for (auto it = now.begin(); it != now.end(); ++it) {
-                const std::string& key = it.key();
+            // A field missing on one side has its default there (a checkpoint from before the field existed,
+            // or an optional field such as lr_scale added or dropped on resume).
+            const nlohmann::json defaults = TrainConfig{}.to_json();
+            const auto value_in = [&](const nlohmann::json& j, const std::string& key) {
+                return j.contains(key) ? j[key] : defaults.value(key, nlohmann::json());
+            };
+            std::set<std::string> keys;
+            for (const auto& j : {was, now})
+                for (auto it = j.begin(); it != j.end(); ++it)
+                    keys.insert(it.key());
+            for (const std::string& key : keys) {
                 if (key == "log_every" || key == "sample_every" || key == "checkpoint_every" ||
-                    key == "keep_checkpoints")
+                    key == "keep_checkpoints" || key == "stage")
                     continue;
-                if (was.contains(key) && was[key] != it.value())
+                const nlohmann::json before = value_in(was, key), after = value_in(now, key);
+                if (before != after)
                     spdlog::warn(
                         "resuming with a different '{}' than the checkpoint's ({} -> {}): the steps that "
                         "follow differ from an uninterrupted run's",
-                        key, was[key].dump(), it.value().dump());
+                        key, before.dump(), after.dump());
             }
             const int was_world = meta.value("world_size", 1), was_threads = meta.value("threads", 0);
             if (was_world != (dp ? dp->world_size() : 1))
