@@ -221,6 +221,23 @@ TEST_SUITE("train") {
         CHECK(m["weights"]["vae"] == "vae.safetensors");
         CHECK(m["weights"]["tokenizer"] == "tokenizer.model");
         CHECK(m["vae"]["mean"].size() == 16);  // the latent normalisation measured on export
+        // Text-encoder pretraining on the captions: masked pieces and neighbours, scored on a held-out story.
+        CHECK(m["weights"].value("text_encoder", "") == "");
+        stage("text", {{"mask_probability", 0.3}, {"neighbours", 2}}, 3);
+        {
+            const auto sample = read_json_file(run + "/text/samples/step-00000003.json");
+            CHECK(sample["held_out_neighbour_accuracy"].get<double>() >= 0.0);
+            CHECK(sample["captions"].size() > 0);
+            CHECK(sample["captions"][0]["masked"].get<std::string>().find("[_]") != std::string::npos);
+            std::ifstream metrics(run + "/text/metrics.jsonl");
+            std::string line;
+            std::getline(metrics, line);
+            CHECK(nlohmann::json::parse(line).contains("masked_accuracy"));
+        }
+        m = read_json_file(run + "/model/model.json");
+        CHECK(m["weights"]["text_encoder"] == "text_encoder.safetensors");
+        const torch::Tensor pretrained =
+            TensorSource::open(run + "/model/text_encoder.safetensors").get("token_embedding.weight").clone();
         // Half the steps are image steps (single latent frames from more clips): the metrics say which.
         stage("base", {{"section_latents", 2}, {"sample_seconds", 0.3}, {"image_fraction", 0.5}}, 4);
         CHECK(fs::exists(run + "/base/samples/step-00000004.mp4"));
@@ -234,6 +251,13 @@ TEST_SUITE("train") {
         CHECK(fs::exists(run + "/latents/world/world-000001.safetensors"));
         m = read_json_file(run + "/model/model.json");
         CHECK(m["weights"]["allow_random"] == false);  // every network now has weights
+        // The base stage went on from the pretrained text encoder (the same tensors, trained further).
+        {
+            const torch::Tensor after =
+                TensorSource::open(run + "/model/text_encoder.safetensors").get("token_embedding.weight");
+            CHECK(test::max_abs_diff(after, pretrained) > 0.0);
+            CHECK(test::max_abs_diff(after, pretrained) < 0.05);
+        }
         stage("memory", {{"history_seconds", {1.0, 2.5}}, {"targets", 2}, {"lora_rank", 4}});
         m = read_json_file(run + "/model/model.json");
         CHECK(m["memory"]["weights"] == "memory_encoder.safetensors");

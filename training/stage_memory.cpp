@@ -278,6 +278,8 @@ std::unique_ptr<TrainStage> make_stage(const StageEnvironment& env) {
     const std::string& s = env.config.stage;
     if (s == "vae")
         return make_vae_stage(env);
+    if (s == "text")
+        return make_text_stage(env);
     if (s == "base")
         return make_base_stage(env);
     if (s == "memory" || s == "ar")

@@ -95,9 +95,9 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j, const std::string& w
     if (c.options.is_null())
         c.options = nlohmann::json::object();
 
-    static const std::set<std::string> stages{"tokenizer", "vae", "base", "memory", "ar"};
+    static const std::set<std::string> stages{"tokenizer", "vae", "text", "base", "memory", "ar"};
     if (!stages.count(c.stage))
-        f.fail("stage", "must be one of tokenizer, vae, base, memory, ar (is '" + c.stage + "')");
+        f.fail("stage", "must be one of tokenizer, vae, text, base, memory, ar (is '" + c.stage + "')");
     if (c.steps < 1 || c.steps > 100000000)
         f.fail("steps", "must be in [1, 1e8]");
     if (c.batch < 1 || c.batch > 4096)
