@@ -14,7 +14,9 @@ namespace {
 constexpr int kW = 160, kH = 96;
 
 // Frames at 4 fps: the story's own renders, or another story's at the same times, or flat grey.
-std::vector<GeneratedFrame> frames_of(const world::Story& story, const world::Story* shown, bool grey = false) {
+std::vector<GeneratedFrame> frames_of(const world::Story& story,
+                                      const world::Story* shown,
+                                      bool grey = false) {
     std::vector<GeneratedFrame> out;
     for (double t = 0; t < story.seconds; t += 0.25) {
         GeneratedFrame f;
@@ -59,6 +61,8 @@ TEST_SUITE("consistency") {
         CHECK(j["place"]["similarity"].get<double>() > 0.5);
         CHECK(j["character_unstated"]["kept"].get<double>() == 1.0);
         CHECK(j["character_stated"]["kept"].get<double>() == 1.0);
+        REQUIRE(all.place_colour_shots >= 4);
+        CHECK(j["place_colour"]["obeyed"].get<double>() == 1.0);
     }
 
     TEST_CASE("a grey video keeps nothing, another story's video keeps less") {
@@ -79,6 +83,10 @@ TEST_SUITE("consistency") {
         };
         CHECK(kept(other) < kept(own));
         CHECK(other.places_identified < own.places_identified);
+        // The caption's place colour: grey draws none; another story's places mostly have other colours.
+        CHECK(grey.place_colour_obeyed == 0);
+        CHECK(grey.place_colour_shots == own.place_colour_shots);
+        CHECK(other.place_colour_obeyed < own.place_colour_obeyed);
     }
 
     TEST_CASE("frames of the wrong size are refused, shot cores skip the cut") {

@@ -375,6 +375,7 @@ TEST_SUITE("train") {
                               "' --out '" + dir.file("consistency.json") + "'");
         REQUIRE_MESSAGE(k.status == 0, k.output);
         CHECK(k.output.find("| no history | ") != std::string::npos);
+        CHECK(k.output.find("place colour obeyed (shots)") != std::string::npos);
         const auto c = read_json_file(dir.file("consistency.json"));
         REQUIRE(c["settings"].size() == 4);
         CHECK(c["settings"][0]["name"] == "full memory");
@@ -386,6 +387,7 @@ TEST_SUITE("train") {
             REQUIRE(s["stories"].size() == 1);
             CHECK(s["stories"][0]["sections"].get<int64_t>() >= 2);
             CHECK(s["overall"].contains("character_unstated"));
+            CHECK(s["overall"]["place_colour"].contains("obeyed"));
         }
         CHECK(c["settings"][0]["stories"][0]["memory_tokens"].get<int64_t>() > 0);
         CHECK(c["settings"][3]["stories"][0]["memory_tokens"] == 0);

@@ -14,6 +14,7 @@ constexpr double kColourRadius = 40.0;
 constexpr double kKeptFraction = 0.3;
 constexpr double kBackgroundLimit = 0.25;
 constexpr double kMinCoverage = 0.003;
+constexpr double kMinPlaceCoverage = 0.05;
 
 using Histogram = std::vector<double>;
 
@@ -96,6 +97,24 @@ CharacterCoverage rendered_coverage(const world::Story& story,
     return c;
 }
 
+// The fraction of pixels near colour in the ground-truth renders at the given frames' times.
+double rendered_colour_coverage(const world::Story& story,
+                                const std::vector<const GeneratedFrame*>& at,
+                                const world::Colour& colour,
+                                int width,
+                                int height) {
+    std::vector<uint8_t> rgb(static_cast<size_t>(width) * height * 3);
+    double sum = 0;
+    for (const GeneratedFrame* f : at) {
+        world::render_frame(story, f->time, width, height, rgb.data());
+        int64_t n = 0;
+        for (size_t i = 0; i < rgb.size(); i += 3)
+            n += near(&rgb[i], colour) ? 1 : 0;
+        sum += static_cast<double>(n) / (static_cast<double>(width) * height);
+    }
+    return at.empty() ? 0.0 : sum / static_cast<double>(at.size());
+}
+
 double generated_coverage(const std::vector<const GeneratedFrame*>& at,
                           const world::Colour& colour,
                           int64_t pixels) {
@@ -129,17 +148,20 @@ void ConsistencyCounts::add(const ConsistencyCounts& o) {
     unstated_kept += o.unstated_kept;
     stated_returns += o.stated_returns;
     stated_kept += o.stated_kept;
+    place_colour_shots += o.place_colour_shots;
+    place_colour_obeyed += o.place_colour_obeyed;
 }
 
 nlohmann::json ConsistencyCounts::to_json() const {
-    return {
-        {"place",
-         {{"returns", place_returns},
-          {"identified", ratio(places_identified, place_returns)},
-          {"similarity", place_returns ? place_similarity / static_cast<double>(place_returns) : 0.0}}},
-        {"character_unstated",
-         {{"returns", unstated_returns}, {"kept", ratio(unstated_kept, unstated_returns)}}},
-        {"character_stated", {{"returns", stated_returns}, {"kept", ratio(stated_kept, stated_returns)}}}};
+    return {{"place",
+             {{"returns", place_returns},
+              {"identified", ratio(places_identified, place_returns)},
+              {"similarity", place_returns ? place_similarity / static_cast<double>(place_returns) : 0.0}}},
+            {"character_unstated",
+             {{"returns", unstated_returns}, {"kept", ratio(unstated_kept, unstated_returns)}}},
+            {"character_stated", {{"returns", stated_returns}, {"kept", ratio(stated_kept, stated_returns)}}},
+            {"place_colour",
+             {{"shots", place_colour_shots}, {"obeyed", ratio(place_colour_obeyed, place_colour_shots)}}}};
 }
 
 ConsistencyCounts score_consistency(const world::Story& story,
@@ -165,6 +187,27 @@ ConsistencyCounts score_consistency(const world::Story& story,
         normalise(hist[s]);
     }
     ConsistencyCounts c;
+    // Every shot whose caption names its place's colour ("cut to the red room"): is that colour drawn?
+    for (size_t j = 0; j < shots; ++j) {
+        const world::Shot& shot = story.shots[j];
+        const world::Place& place = story.world.places[static_cast<size_t>(shot.place)];
+        if (core[j].empty() || !place.colour_in_name || shot.caption.find(place.name()) == std::string::npos)
+            continue;
+        const double truth = rendered_colour_coverage(story, core[j], place.primary, width, height);
+        if (truth < kMinPlaceCoverage)
+            continue;
+        const double got = generated_coverage(core[j], place.primary, pixels);
+        const bool obeyed = got >= kKeptFraction * truth;
+        ++c.place_colour_shots;
+        c.place_colour_obeyed += obeyed ? 1 : 0;
+        if (details)
+            details->push_back({{"kind", "place_colour"},
+                                {"shot", j},
+                                {"place", place.name()},
+                                {"coverage", got},
+                                {"rendered_coverage", truth},
+                                {"obeyed", obeyed}});
+    }
     for (size_t j = 1; j < shots; ++j) {
         if (core[j].empty())
             continue;

@@ -17,6 +17,11 @@
 //    where only memory can know it, are counted apart from those that restate it; a return is skipped when
 //    the colour is also in the background (the rendered fraction outside the character's boxes is over 25 %
 //    of the total) or the character covers under 0.3 % of the rendered frame.
+//  - Place colours (every shot, first visits included, whose caption names its place's colour, "cut to the
+//    red room"): the fraction of the core's pixels within RGB distance 40 of the place's colour against the
+//    rendered fraction; the shot "obeys" its caption when it reaches 30 % of it (shots where the colour
+//    covers under 5 % of the render are skipped). This one scores the caption, not the memory: a model that
+//    draws a room in any colour keeps its returns consistent and still fails here.
 #pragma once
 
 #include <cstdint>
@@ -39,10 +44,11 @@ struct ConsistencyCounts {
     double place_similarity = 0;  // sum over place returns
     int64_t unstated_returns = 0, unstated_kept = 0;
     int64_t stated_returns = 0, stated_kept = 0;
+    int64_t place_colour_shots = 0, place_colour_obeyed = 0;
 
     void add(const ConsistencyCounts& o);
     // {"place": {"returns", "identified", "similarity"}, "character_unstated": {"returns", "kept"},
-    //  "character_stated": {...}} with rates in [0, 1].
+    //  "character_stated": {...}, "place_colour": {"shots", "obeyed"}} with rates in [0, 1].
     nlohmann::json to_json() const;
 };
 

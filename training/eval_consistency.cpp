@@ -55,8 +55,9 @@ nlohmann::json evaluate_consistency(const ConsistencyEvalOptions& o,
          "per return of a place: colour-histogram intersection with its previous shot there (similarity) and "
          "whether that shot is the most similar earlier one (identified); per return of a character after an "
          "absence: whether its true colour covers >= 30 % of the area it covers in the ground-truth render "
-         "(kept), split by whether the caption restates the colour; shot cores only (training/"
-         "consistency_metric.h)"}};
+         "(kept), split by whether the caption restates the colour; per shot whose caption names its place's "
+         "colour: whether that colour covers >= 30 % of its rendered area (place colour obeyed); shot cores "
+         "only (training/consistency_metric.h)"}};
     for (const ConsistencySetting& setting : o.settings) {
         torch::NoGradGuard no_grad;
         const ModelConfig config = ModelConfig::load(setting.model);
@@ -159,18 +160,21 @@ std::string consistency_table(const nlohmann::json& r) {
     out << "story consistency over " << r.value("stories", int64_t(0)) << " held-out stories of "
         << r.value("seconds", 0.0) << " s (seed " << r.value("story_seed", uint64_t(0)) << ")\n\n";
     out << "| setting | place identified (returns) | place similarity | character kept, unstated (returns) | "
-           "character kept, stated (returns) |\n|---|---|---|---|---|\n";
-    char line[256];
+           "character kept, stated (returns) | place colour obeyed (shots) |\n|---|---|---|---|---|---|\n";
+    char line[512];
     for (const auto& s : r.at("settings")) {
         const auto& a = s.at("overall");
-        std::snprintf(
-            line, sizeof(line), "| %s | %.1f %% (%lld) | %.3f | %.1f %% (%lld) | %.1f %% (%lld) |\n",
-            s.at("name").get<std::string>().c_str(), a["place"]["identified"].get<double>() * 100,
-            static_cast<long long>(a["place"]["returns"].get<int64_t>()),
-            a["place"]["similarity"].get<double>(), a["character_unstated"]["kept"].get<double>() * 100,
-            static_cast<long long>(a["character_unstated"]["returns"].get<int64_t>()),
-            a["character_stated"]["kept"].get<double>() * 100,
-            static_cast<long long>(a["character_stated"]["returns"].get<int64_t>()));
+        std::snprintf(line, sizeof(line),
+                      "| %s | %.1f %% (%lld) | %.3f | %.1f %% (%lld) | %.1f %% (%lld) | %.1f %% (%lld) |\n",
+                      s.at("name").get<std::string>().c_str(), a["place"]["identified"].get<double>() * 100,
+                      static_cast<long long>(a["place"]["returns"].get<int64_t>()),
+                      a["place"]["similarity"].get<double>(),
+                      a["character_unstated"]["kept"].get<double>() * 100,
+                      static_cast<long long>(a["character_unstated"]["returns"].get<int64_t>()),
+                      a["character_stated"]["kept"].get<double>() * 100,
+                      static_cast<long long>(a["character_stated"]["returns"].get<int64_t>()),
+                      a["place_colour"]["obeyed"].get<double>() * 100,
+                      static_cast<long long>(a["place_colour"]["shots"].get<int64_t>()));
         out << line;
     }
     return out.str();
