@@ -150,7 +150,10 @@ TEST_SUITE("server") {
         Server server(4, [](ApiServerOptions& o) {
             o.sessions.session.max_lead_seconds = 1000;  // generate as fast as the model can
             o.sessions.session.viewer.max_segments = 2;
-            o.sessions.session.viewer.stall_seconds = 2;
+            // Long enough that the queue fills (two more sections after the kernel's buffers) before the
+            // viewer counts as stalled, even on loaded cores: with 2 s, a section that took over a second to
+            // generate let the stall close the viewer before anything was skipped, and the test looped.
+            o.sessions.session.viewer.stall_seconds = 8;
         });
         Client owner(server.port());
         owner.send({{"type", "session.start"}, {"prompt", "a red fox"}, {"seconds", 600}, {"seed", 5}});
