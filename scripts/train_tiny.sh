@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh build
 mkdir -p runs/logs out/eval
 bin=build/memoreel
-for stage in tokenizer vae text base memory ar; do
+for stage in tokenizer text vae base memory ar; do
   echo "== $stage ($(date -u +%H:%M:%S))"
   "$bin" train "$stage" --run runs/tiny >> "runs/logs/$stage.log" 2>&1 || { tail -20 "runs/logs/$stage.log"; exit 1; }
 done
