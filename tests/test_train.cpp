@@ -15,6 +15,7 @@
 #include "model/tokenizer.h"
 #include "tests/test_support.h"
 #include "training/adamw.h"
+#include "training/stage_common.h"
 #include "training/train_config.h"
 
 using namespace memoreel;
@@ -412,6 +413,29 @@ TEST_SUITE("train") {
             "' --prompt 'the red fox' --seconds 1 --section-frames 2 --out '" + dir.file("bundle.mp4") + "'");
         REQUIRE_MESSAGE(gb.status == 0, gb.output);
         CHECK(gb.output.find("(trained)") != std::string::npos);
+    }
+
+    TEST_CASE("a stage's export changes only its own fields of the run's model.json") {
+        // Two stages on one run folder: the VAE stage started before the text stage exported, and its export
+        // must keep the text encoder the text stage wrote meanwhile.
+        test::TempDir dir;
+        const ModelConfig started = ModelConfig::load(small_model(dir));
+        const std::string model_dir = dir.file("run/model");
+        update_run_model_config(model_dir, started, [](ModelConfig& c) { c.tokenizer = "tokenizer.model"; });
+        update_run_model_config(model_dir, started,
+                                [](ModelConfig& c) { c.text_encoder_weights = "text_encoder.safetensors"; });
+        update_run_model_config(model_dir, started,
+                                [](ModelConfig& c) { c.vae_weights = "vae.safetensors"; });
+        ModelConfig now = ModelConfig::load(model_dir + "/model.json");
+        CHECK(now.tokenizer == "tokenizer.model");
+        CHECK(now.text_encoder_weights == "text_encoder.safetensors");
+        CHECK(now.vae_weights == "vae.safetensors");
+        CHECK(now.allow_random_weights);  // no DiT yet
+        update_run_model_config(model_dir, started,
+                                [](ModelConfig& c) { c.dit_weights = "dit.safetensors"; });
+        now = ModelConfig::load(model_dir + "/model.json");
+        CHECK(now.vae_weights == "vae.safetensors");
+        CHECK_FALSE(now.allow_random_weights);
     }
 
     TEST_CASE("train configs: bad fields are named") {

@@ -163,12 +163,12 @@ class BaseStage : public TrainStage {
     }
 
     void export_model(const std::string& model_dir) override {
-        ModelConfig c = model_->config();
         save_network(model_dir, "dit.safetensors", model_->dit());
-        c.dit_weights = "dit.safetensors";
         save_network(model_dir, "text_encoder.safetensors", model_->text_encoder());
-        c.text_encoder_weights = "text_encoder.safetensors";
-        save_run_model_config(model_dir, c);
+        update_run_model_config(model_dir, model_->config(), [](ModelConfig& c) {
+            c.dit_weights = "dit.safetensors";
+            c.text_encoder_weights = "text_encoder.safetensors";
+        });
     }
 
   private:

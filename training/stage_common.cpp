@@ -62,12 +62,17 @@ std::unique_ptr<VideoModel> StageEnvironment::load_model() const {
     return std::make_unique<VideoModel>(model_config(), weights_dir(), device, torch::kFloat32);
 }
 
-void save_run_model_config(const std::string& model_dir, ModelConfig config) {
+void update_run_model_config(const std::string& model_dir,
+                             const ModelConfig& started_with,
+                             const std::function<void(ModelConfig&)>& change) {
     fs::create_directories(model_dir);
+    const std::string path = (fs::path(model_dir) / "model.json").string();
+    ModelConfig config = fs::exists(path) ? ModelConfig::load(path) : started_with;
+    change(config);
     const bool complete = !config.dit_weights.empty() && !config.vae_weights.empty() &&
                           !config.text_encoder_weights.empty() && config.tokenizer != "byte";
     config.allow_random_weights = !complete;
-    write_file_atomic((fs::path(model_dir) / "model.json").string(), config.to_json().dump(2) + "\n");
+    write_file_atomic(path, config.to_json().dump(2) + "\n");
 }
 
 void save_network(const std::string& model_dir, const std::string& file, const torch::nn::Module& module) {

@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -48,8 +49,14 @@ struct StageEnvironment {
     std::unique_ptr<VideoModel> load_model() const;
 };
 
-// Writes <model_dir>/model.json (atomically). allow_random is turned off once every network has weights.
-void save_run_model_config(const std::string& model_dir, ModelConfig config);
+// Changes one stage's fields in <model_dir>/model.json and writes it atomically; allow_random is turned off
+// once every network has weights. The file is read again here rather than taken from the stage's start: a
+// stage that ran meanwhile on the same run folder (a text stage beside a VAE stage) has exported its own
+// weights into it, and writing back the whole config read at start would drop them. started_with is used
+// when the run has no model.json yet.
+void update_run_model_config(const std::string& model_dir,
+                             const ModelConfig& started_with,
+                             const std::function<void(ModelConfig&)>& change);
 // Saves a module's tensors to <model_dir>/<file> (fp32; the bundle step converts).
 void save_network(const std::string& model_dir, const std::string& file, const torch::nn::Module& module);
 

@@ -237,16 +237,16 @@ class MemoryStage : public TrainStage {
     }
 
     void export_model(const std::string& model_dir) override {
-        ModelConfig c = model_->config();
         save_network(model_dir, "memory_encoder.safetensors", *encoder_);
         save_lora((fs::path(model_dir) / "lora.safetensors").string(), model_->dit());
-        c.memory_encoder = encoder_->config().to_json();
-        c.memory_rates = encoder_->config().rates().str();
-        c.memory_weights = "memory_encoder.safetensors";
-        c.lora_weights = "lora.safetensors";
-        if (ar_)
-            c.memory_window = o_.window;  // sessions of this model use the window it was trained with
-        save_run_model_config(model_dir, c);
+        update_run_model_config(model_dir, model_->config(), [&](ModelConfig& c) {
+            c.memory_encoder = encoder_->config().to_json();
+            c.memory_rates = encoder_->config().rates().str();
+            c.memory_weights = "memory_encoder.safetensors";
+            c.lora_weights = "lora.safetensors";
+            if (ar_)
+                c.memory_window = o_.window;  // sessions of this model use the window it was trained with
+        });
     }
 
   private:

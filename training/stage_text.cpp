@@ -158,10 +158,9 @@ class TextStage : public TrainStage {
     }
 
     void export_model(const std::string& model_dir) override {
-        ModelConfig c = model_->config();
         save_network(model_dir, "text_encoder.safetensors", model_->text_encoder());
-        c.text_encoder_weights = "text_encoder.safetensors";
-        save_run_model_config(model_dir, c);
+        update_run_model_config(model_dir, model_->config(),
+                                [](ModelConfig& c) { c.text_encoder_weights = "text_encoder.safetensors"; });
     }
 
   private:

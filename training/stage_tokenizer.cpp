@@ -78,17 +78,19 @@ std::string train_tokenizer_stage(const StageEnvironment& env) {
     const std::string prefix = (fs::path(env.model_dir()) / "tokenizer").string();
     train_tokenizer(corpus, prefix, vocab, train_options);
     const Tokenizer tok(prefix + ".model");
-    c.tokenizer = "tokenizer.model";
-    // A text encoder trained on the previous tokenizer's ids reads the new ones as other words: it goes, and
-    // the base stage trains a fresh one (a DiT trained with it stays: it is a warm start for the next base).
-    if (!c.text_encoder_weights.empty()) {
-        spdlog::warn(
-            "the tokenizer changed: {} no longer uses {} (trained on the previous tokenizer's ids); "
-            "the next base stage trains a new text encoder",
-            (fs::path(env.model_dir()) / "model.json").string(), c.text_encoder_weights);
-        c.text_encoder_weights.clear();
-    }
-    save_run_model_config(env.model_dir(), c);
+    update_run_model_config(env.model_dir(), c, [&](ModelConfig& m) {
+        m.tokenizer = "tokenizer.model";
+        // A text encoder trained on the previous tokenizer's ids reads the new ones as other words: it goes,
+        // and the base stage trains a fresh one (a DiT trained with it stays: it is a warm start for the next
+        // base).
+        if (!m.text_encoder_weights.empty()) {
+            spdlog::warn(
+                "the tokenizer changed: {} no longer uses {} (trained on the previous tokenizer's ids); "
+                "the next base stage trains a new text encoder",
+                (fs::path(env.model_dir()) / "model.json").string(), m.text_encoder_weights);
+            m.text_encoder_weights.clear();
+        }
+    });
     // How well it fits the captions: pieces per caption, and the share of words that are one piece, on a
     // held-out story.
     world::StoryOptions o;

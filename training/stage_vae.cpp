@@ -130,7 +130,6 @@ class VaeStage : public TrainStage {
     void export_model(const std::string& model_dir) override {
         WanVAEImpl& vae = model_->vae();
         vae.eval();
-        ModelConfig c = model_->config();
         // Latent statistics over full-size held-out-free training clips: the normalisation the DiT sees.
         torch::Tensor sum, sum_sq;
         int64_t count = 0;
@@ -148,11 +147,12 @@ class VaeStage : public TrainStage {
         }
         const torch::Tensor mean = (sum / count).cpu();
         const torch::Tensor std = (sum_sq / count - mean.pow(2)).clamp_min(1e-8).sqrt().cpu();
-        c.vae.mean.assign(mean.data_ptr<double>(), mean.data_ptr<double>() + mean.numel());
-        c.vae.std.assign(std.data_ptr<double>(), std.data_ptr<double>() + std.numel());
         save_network(model_dir, "vae.safetensors", vae);
-        c.vae_weights = "vae.safetensors";
-        save_run_model_config(model_dir, c);
+        update_run_model_config(model_dir, model_->config(), [&](ModelConfig& c) {
+            c.vae.mean.assign(mean.data_ptr<double>(), mean.data_ptr<double>() + mean.numel());
+            c.vae.std.assign(std.data_ptr<double>(), std.data_ptr<double>() + std.numel());
+            c.vae_weights = "vae.safetensors";
+        });
         spdlog::info("vae exported: latent mean {:.3f}..{:.3f}, std {:.3f}..{:.3f}",
                      mean.min().item<double>(), mean.max().item<double>(), std.min().item<double>(),
                      std.max().item<double>());
