@@ -82,13 +82,15 @@ void run_train(const TrainArgs& a) {
 
 void add_train_command(CLI::App& app) {
     auto a = std::make_shared<TrainArgs>();
-    CLI::App* cmd =
-        app.add_subcommand("train", "Train one stage (tokenizer, vae, text, base, memory, ar) into a run folder");
+    CLI::App* cmd = app.add_subcommand(
+        "train", "Train one stage (tokenizer, vae, text, base, memory, ar) into a run folder");
     cmd->add_option("stage", a->stage, "The stage")
         ->required()
         ->check(CLI::IsMember({"tokenizer", "vae", "text", "base", "memory", "ar"}));
     cmd->add_option("--config", a->config, "Train config (default configs/train/tiny-<stage>.json)");
-    cmd->add_option("--run", a->run, "Run folder: <run>/<stage> (checkpoints, metrics, samples), <run>/model")
+    cmd->add_option("--run", a->run,
+                    "Run folder: <run>/<stage> (checkpoints, metrics, samples; the config's folder if it "
+                    "names one), <run>/model")
         ->capture_default_str();
     cmd->add_option("--steps", a->steps, "Override the config's steps")->check(CLI::Range(1, 100000000));
     cmd->add_flag("--restart", a->restart, "Discard this stage's checkpoints and start again");

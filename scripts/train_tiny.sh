@@ -11,9 +11,11 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh build
 mkdir -p runs/logs out/eval
 bin=build/memoreel
-for stage in tokenizer text vae base memory ar; do
-  echo "== $stage ($(date -u +%H:%M:%S))"
-  "$bin" train "$stage" --run runs/tiny >> "runs/logs/$stage.log" 2>&1 || { tail -20 "runs/logs/$stage.log"; exit 1; }
+# configs/train/tiny-<name>.json; the stage is the name up to its first '-' (vae-decoder: a second vae run).
+for name in tokenizer text vae vae-decoder base memory ar; do
+  echo "== $name ($(date -u +%H:%M:%S))"
+  "$bin" train "${name%%-*}" --config "configs/train/tiny-$name.json" --run runs/tiny >> "runs/logs/$name.log" 2>&1 ||
+    { tail -20 "runs/logs/$name.log"; exit 1; }
 done
 [ "${1:-}" = tables ] || exit 0
 

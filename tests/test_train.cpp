@@ -259,6 +259,36 @@ TEST_SUITE("train") {
             CHECK(test::max_abs_diff(after, pretrained) > 0.0);
             CHECK(test::max_abs_diff(after, pretrained) < 0.05);
         }
+        // A decoder fine-tune after the base, in its own folder: the encoder and the latent statistics stay
+        // as they were, so the latent cache the base built stays valid for the memory stage below.
+        {
+            const auto vae_before = TensorSource::open(run + "/model/vae.safetensors");
+            const torch::Tensor encoder = vae_before.get("encoder.conv1.weight").clone();
+            const torch::Tensor mu = vae_before.get("conv1.weight").clone();
+            const torch::Tensor decoder = vae_before.get("decoder.conv1.weight").clone();
+            const auto mean_before = read_json_file(run + "/model/model.json")["vae"]["mean"];
+            nlohmann::json j = {
+                {"stage", "vae"},
+                {"folder", "vae-decoder"},
+                {"model", model},
+                {"steps", 2},
+                {"lr", 1e-3},
+                {"checkpoint_every", 1},
+                {"seed", 3},
+                {"data", {{"world", world}}},
+                {"options",
+                 {{"frames", 5}, {"crop", {32, 32}}, {"sample_frames", 5}, {"train_encoder", false}}}};
+            const auto r = train("vae", write_config(dir, "vae-decoder", j), run);
+            REQUIRE_MESSAGE(r.status == 0, r.output);
+            CHECK(fs::exists(run + "/vae-decoder/checkpoints/latest.json"));
+            CHECK(
+                fs::exists(run + "/vae/checkpoints/latest.json"));  // the first VAE run's folder is untouched
+            const auto vae_after = TensorSource::open(run + "/model/vae.safetensors");
+            CHECK(test::max_abs_diff(vae_after.get("encoder.conv1.weight"), encoder) == 0.0);
+            CHECK(test::max_abs_diff(vae_after.get("conv1.weight"), mu) == 0.0);
+            CHECK(test::max_abs_diff(vae_after.get("decoder.conv1.weight"), decoder) > 0.0);
+            CHECK(read_json_file(run + "/model/model.json")["vae"]["mean"] == mean_before);
+        }
         stage("memory", {{"history_seconds", {1.0, 2.5}}, {"targets", 2}, {"lora_rank", 4}});
         m = read_json_file(run + "/model/model.json");
         CHECK(m["memory"]["weights"] == "memory_encoder.safetensors");

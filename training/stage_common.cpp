@@ -22,7 +22,7 @@ std::string StageEnvironment::model_dir() const {
     return (fs::path(run_dir) / "model").string();
 }
 std::string StageEnvironment::stage_dir() const {
-    return (fs::path(run_dir) / config.stage).string();
+    return (fs::path(run_dir) / (config.folder.empty() ? config.stage : config.folder)).string();
 }
 std::string StageEnvironment::model_config_path() const {
     return (fs::path(model_dir()) / "model.json").string();
@@ -143,26 +143,63 @@ void write_video(const std::string& path, const torch::Tensor& frames, int fps) 
 
 namespace {
 
-// FNV-1a of a file's bytes: ties a cache to the exact VAE weights that made it.
+// FNV-1a, 64 bit.
+struct Fnv1a {
+    uint64_t h = 0xcbf29ce484222325ull;
+    void add(const void* data, size_t n) {
+        const auto* p = static_cast<const unsigned char*>(data);
+        for (size_t i = 0; i < n; ++i) {
+            h ^= p[i];
+            h *= 0x100000001b3ull;
+        }
+    }
+    std::string hex() const {
+        char text[32];
+        std::snprintf(text, sizeof(text), "%016llx", static_cast<unsigned long long>(h));
+        return text;
+    }
+};
+
+// A digest of a file's bytes: the VAE file a cache was made with (for the record, and for caches stamped
+// before the encoder digest).
 std::string file_digest(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
     if (!in)
         throw CheckpointError(path, "", "cannot be read");
-    uint64_t h = 0xcbf29ce484222325ull;
+    Fnv1a h;
     std::vector<char> buf(1 << 20);
     while (in) {
         in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-        for (std::streamsize i = 0; i < in.gcount(); ++i) {
-            h ^= static_cast<unsigned char>(buf[static_cast<size_t>(i)]);
-            h *= 0x100000001b3ull;
-        }
+        h.add(buf.data(), static_cast<size_t>(in.gcount()));
     }
-    char text[32];
-    std::snprintf(text, sizeof(text), "%016llx", static_cast<unsigned long long>(h));
-    return text;
+    return h.hex();
+}
+
+// A digest of what decides the cached latents: the encoder's tensors and the latent mean/std. A decoder
+// fine-tune changes the VAE file but not this, so the cache (and the DiT trained on it) stays valid.
+std::string vae_encoder_digest(WanVAEImpl& vae, const ModelConfig& c) {
+    Fnv1a h;
+    const auto add_tensors = [&](const auto& named) {
+        for (const auto& item : named) {
+            if (!is_vae_encoder_tensor(item.key()))
+                continue;
+            const torch::Tensor t = item.value().detach().to(torch::kCPU, torch::kFloat32).contiguous();
+            h.add(item.key().data(), item.key().size());
+            h.add(t.data_ptr(), static_cast<size_t>(t.numel()) * sizeof(float));
+        }
+    };
+    add_tensors(vae.named_parameters());
+    add_tensors(vae.named_buffers());
+    for (const std::vector<double>* v : {&c.vae.mean, &c.vae.std})
+        h.add(v->data(), v->size() * sizeof(double));
+    return h.hex();
 }
 
 }  // namespace
+
+bool is_vae_encoder_tensor(const std::string& name) {
+    return name.rfind("encoder.", 0) == 0 || name.rfind("conv1.", 0) == 0;
+}
 
 std::vector<std::string> ensure_latent_cache(const StageEnvironment& env,
                                              VideoModel& model,
@@ -172,6 +209,7 @@ std::vector<std::string> ensure_latent_cache(const StageEnvironment& env,
     const std::string vae_file =
         c.vae_weights.empty() ? std::string() : c.resolve_path(c.vae_weights, env.weights_dir());
     const std::string vae_id = vae_file.empty() ? "seeded-random" : file_digest(vae_file);
+    const std::string encoder_id = vae_file.empty() ? "seeded-random" : vae_encoder_digest(model.vae(), c);
     std::vector<std::string> folders;
     const auto one = [&](const std::string& name, const WorldDataOptions& w, const MediaDataOptions& m) {
         const std::string folder = (fs::path(env.latent_cache_dir()) / name).string();
@@ -188,16 +226,24 @@ std::vector<std::string> ensure_latent_cache(const StageEnvironment& env,
                                           "was made from other data settings (" + old["source"].dump() +
                                               ", now " + source.dump() +
                                               "): delete the folder or restore the settings");
-                const std::string was = old.value("vae", "");
-                if (was != vae_id)
-                    throw CheckpointError(folder, "",
-                                          "was encoded by other VAE weights (" + was + ", now " + vae_id +
-                                              "): delete the folder to re-encode it");
+                // A cache stamped before the encoder digest existed is checked against the whole file.
+                const bool by_encoder = old.contains("encoder");
+                const std::string was = by_encoder ? old.value("encoder", "") : old.value("vae", "");
+                const std::string now = by_encoder ? encoder_id : vae_id;
+                if (was != now)
+                    throw CheckpointError(
+                        folder, "",
+                        std::string("was encoded by other VAE ") +
+                            (by_encoder ? "encoder weights or latent statistics" : "weights") + " (" + was +
+                            ", now " + now + "): delete the folder to re-encode it");
             }
             fs::create_directories(folder);
             write_file_atomic(
                 stamp,
-                nlohmann::json{{"vae", vae_id}, {"vae_file", vae_file}, {"source", source}}.dump() + "\n");
+                nlohmann::json{
+                    {"encoder", encoder_id}, {"vae", vae_id}, {"vae_file", vae_file}, {"source", source}}
+                        .dump() +
+                    "\n");
             torch::NoGradGuard no_grad;
             int64_t last_logged = -1;
             const int64_t written = build_latent_cache(

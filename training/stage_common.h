@@ -34,7 +34,7 @@ struct StageEnvironment {
     int rank = 0;
 
     std::string model_dir() const;          // <run>/model
-    std::string stage_dir() const;          // <run>/<stage>
+    std::string stage_dir() const;          // <run>/<folder>, default <run>/<stage>
     std::string model_config_path() const;  // <run>/model/model.json
     bool has_run_model() const;
     // The run's assembled model config, or the train config's model when the run has none yet.
@@ -59,6 +59,10 @@ void update_run_model_config(const std::string& model_dir,
                              const std::function<void(ModelConfig&)>& change);
 // Saves a module's tensors to <model_dir>/<file> (fp32; the bundle step converts).
 void save_network(const std::string& model_dir, const std::string& file, const torch::nn::Module& module);
+
+// The VAE tensors that decide the latents: the encoder and conv1 (mu, log_var); conv2 and the decoder only
+// read them.
+bool is_vae_encoder_tensor(const std::string& name);
 
 // Reads "world": {"stories", "seed", "seconds"} and "media": {"manifest", "split", "window_seconds"} from a
 // stage's data section (where names the train config for errors).

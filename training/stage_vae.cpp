@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include <filesystem>
+#include <optional>
 
 #include "model/json_fields.h"
 #include "model/json_util.h"
@@ -26,6 +27,9 @@ struct VaeOptions {
     double media_fraction = 0.3;
     int64_t sample_frames = 17;
     uint64_t sample_seed = 900001;  // a held-out story (training stories use their own seed range)
+    // false: the decoder alone trains (encoder and conv1 frozen, latent mean/std kept). The latents stay
+    // exactly what they were, so a DiT trained on them and the latent cache stay valid.
+    bool train_encoder = true;
 };
 
 class VaeStage : public TrainStage {
@@ -41,6 +45,7 @@ class VaeStage : public TrainStage {
         f.get("media_fraction", o_.media_fraction);
         f.get("sample_frames", o_.sample_frames);
         f.get("sample_seed", o_.sample_seed);
+        f.get("train_encoder", o_.train_encoder);
         f.reject_unknown();
         if (o_.frames < 1 || (o_.frames - 1) % 4 != 0)
             f.fail("frames", "must be 1 + 4k");
@@ -60,14 +65,15 @@ class VaeStage : public TrainStage {
                                              static_cast<int>(c.fps));
         WanVAEImpl& vae = model_->vae();
         vae.train();
-        for (auto& p : vae.parameters())
-            p.set_requires_grad(true);
+        for (const auto& p : vae.named_parameters())
+            p.value().set_requires_grad(o_.train_encoder || !is_vae_encoder_tensor(p.key()));
     }
 
     std::vector<std::pair<std::string, torch::Tensor>> trainable() override {
         std::vector<std::pair<std::string, torch::Tensor>> out;
         for (const auto& p : model_->vae().named_parameters())
-            out.emplace_back("vae." + p.key(), p.value());
+            if (o_.train_encoder || !is_vae_encoder_tensor(p.key()))
+                out.emplace_back("vae." + p.key(), p.value());
         return out;
     }
 
@@ -84,7 +90,14 @@ class VaeStage : public TrainStage {
             batch.push_back(x);
         }
         const torch::Tensor x = torch::stack(batch).to(env_.device);
-        const VaeEncoding enc = vae.encode_all(x);
+        VaeEncoding enc;
+        {
+            // A frozen encoder needs no graph: the decoder's gradients stop at the latent.
+            std::optional<torch::NoGradGuard> frozen;
+            if (!o_.train_encoder)
+                frozen.emplace();
+            enc = vae.encode_all(x);
+        }
         const torch::Tensor log_var = enc.log_var.clamp(-30.0, 20.0);
         const torch::Tensor eps = torch::randn(enc.mu_raw.sizes(), gen, torch::kFloat32).to(env_.device);
         const torch::Tensor z_raw = enc.mu_raw + eps * (0.5 * log_var).exp();
@@ -130,6 +143,15 @@ class VaeStage : public TrainStage {
     void export_model(const std::string& model_dir) override {
         WanVAEImpl& vae = model_->vae();
         vae.eval();
+        if (!o_.train_encoder) {
+            // The encoder did not change, so neither did the latents' statistics (the DiT was trained on
+            // them).
+            save_network(model_dir, "vae.safetensors", vae);
+            update_run_model_config(model_dir, model_->config(),
+                                    [](ModelConfig& c) { c.vae_weights = "vae.safetensors"; });
+            spdlog::info("vae exported (decoder fine-tuned; encoder and latent statistics unchanged)");
+            return;
+        }
         // Latent statistics over full-size held-out-free training clips: the normalisation the DiT sees.
         torch::Tensor sum, sum_sq;
         int64_t count = 0;

@@ -63,6 +63,10 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j, const std::string& w
     f.get("keep_checkpoints", c.keep_checkpoints);
     f.get("ema_decay", c.ema_decay);
     f.get("precision", c.precision);
+    f.get("folder", c.folder);
+    if (c.folder.find_first_of("/\\") != std::string::npos || c.folder == "." || c.folder == ".." ||
+        c.folder == "model" || c.folder == "latents")
+        f.fail("folder", "must be a plain folder name other than model and latents (is '" + c.folder + "')");
     f.get("lr_scale", c.lr_scale);
     for (const auto& [prefix, scale] : c.lr_scale)
         if (prefix.empty() || !(scale > 0 && scale <= 1000))
@@ -162,6 +166,8 @@ nlohmann::json TrainConfig::to_json() const {
                         {"data", data},
                         {"options", options}};
     j["precision"] = precision;
+    if (!folder.empty())
+        j["folder"] = folder;
     if (!lr_scale.empty())
         j["lr_scale"] = lr_scale;
     if (!init_from.empty())

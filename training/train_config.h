@@ -15,6 +15,9 @@ namespace memoreel {
 struct TrainConfig {
     std::string source_path;  // the file it came from (errors name it)
     std::string stage;        // tokenizer | vae | base | memory | ar
+    // The run's subfolder for this stage's checkpoints, metrics and samples (empty: the stage name). A second
+    // run of a stage on the same run folder (a decoder fine-tune after the VAE) gets its own.
+    std::string folder;
     // The model config the run starts from when its assembled model folder (<run>/model) does not exist yet.
     // Relative paths in a train config resolve against the working directory (the project root).
     std::string model = "configs/models/memoreel-tiny.json";
