@@ -67,6 +67,20 @@ torch::Tensor masked_flow_loss(const torch::Tensor& prediction,
     return se.sum() / (loss_mask.sum().clamp_min(1) * per_frame);
 }
 
+torch::Tensor weighted_flow_loss(const torch::Tensor& prediction,
+                                 const torch::Tensor& target,
+                                 const torch::Tensor& loss_mask,
+                                 const torch::Tensor& weight) {
+    TORCH_CHECK(prediction.sizes() == target.sizes(), "prediction and target shapes differ");
+    TORCH_CHECK(weight.dim() == 4 && weight.size(0) == prediction.size(0) &&
+                    weight.size(1) == prediction.size(2) && weight.size(2) == prediction.size(3) &&
+                    weight.size(3) == prediction.size(4),
+                "loss weight must be [B, F, h, w] of the prediction, got ", weight.sizes());
+    const auto w = weight.to(prediction.scalar_type()).unsqueeze(1) * expand_frames(loss_mask, prediction);
+    const auto se = (prediction - target).pow(2) * w;
+    return se.sum() / (w.sum() * static_cast<double>(prediction.size(1))).clamp_min(1e-12);
+}
+
 // ------------------------------------------------------------------------------------------------------ base
 
 FlowLoss base_loss(WanDiTImpl& dit,
@@ -93,7 +107,9 @@ FlowLoss base_loss(WanDiTImpl& dit,
     out.target = flow_velocity_target(latents, noise);
     out.prediction =
         dit_velocity(dit, x_t, token_timesteps(frame_sigma, tokens_per_frame(dit, latents)), text);
-    out.loss = masked_flow_loss(out.prediction, out.target, out.loss_mask);
+    out.loss = options.weight.defined() ? weighted_flow_loss(out.prediction, out.target, out.loss_mask,
+                                                             options.weight.to(latents.device()))
+                                        : masked_flow_loss(out.prediction, out.target, out.loss_mask);
     return out;
 }
 

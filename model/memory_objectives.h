@@ -51,12 +51,19 @@ struct FlowLoss {
 torch::Tensor masked_flow_loss(const torch::Tensor& prediction,
                                const torch::Tensor& target,
                                const torch::Tensor& loss_mask);
+// The same with a loss weight per latent cell, weight [B, F, h, w] (broadcast over channels), normalised by
+// the total weight of the frames in the loss: uniform weights give masked_flow_loss.
+torch::Tensor weighted_flow_loss(const torch::Tensor& prediction,
+                                 const torch::Tensor& target,
+                                 const torch::Tensor& loss_mask,
+                                 const torch::Tensor& weight);
 
 // ------------------------------------------------------------------------------------------------------ base
 
 struct BaseOptions {
     LogitNormalSigmaSampler sigma;
     double first_frame_probability = 0.2;  // TI2V's training hint (spec 3.1)
+    torch::Tensor weight;                  // [B, F, h, w] loss weight per latent cell; undefined: uniform
 };
 
 // latents: clean sections [B, C, F, h, w]; text: [B, text_len, dim] (WanDiTImpl::embed_text).

@@ -3,6 +3,7 @@
 #include "model/safetensors.h"
 #include "tests/test_support.h"
 #include "training/latent_cache.h"
+#include "training/training_data.h"
 #include "training/world.h"
 
 using namespace memoreel;
@@ -107,6 +108,23 @@ TEST_SUITE("latent_cache") {
         REQUIRE_MESSAGE(r.status == 0, r.output);
         CHECK(r.output.find("1 clips written, 1 already there") != std::string::npos);
         CHECK(torch::equal(read_cached_clip(dir.file("world-000001.safetensors")).latents, first.latents));
+        {
+            // Where the characters are, from the world's truth, on the latent grid (8 px cells).
+            const LatentClips clips({dir.path()});
+            const torch::Tensor cells = clips.character_cells(0, 0, 4, 24, 40);
+            REQUIRE(cells.sizes() == torch::IntArrayRef({4, 24, 40}));
+            const double share = cells.mean().item<double>();
+            CHECK(share > 0.0);
+            CHECK(share < 0.5);
+            const world::Story story = world::Story::generate(1, world::StoryOptions{1.0});
+            std::vector<uint8_t> rgb(320 * 192 * 3);
+            world::FrameTruth truth;
+            world::render_frame(story, 0.0, 320, 192, rgb.data(), &truth);
+            for (const auto& b : truth.boxes) {
+                CHECK(cells[0][(b[1] + b[3]) / 16][(b[0] + b[2]) / 16].item<float>() == 1.0f);
+                CHECK(cells[0][(b[1] + b[3]) / 16].sum().item<float>() < 40.0f);  // not the whole row
+            }
+        }
         r = memoreel::test::run_command(cmd + " --media '" + dir.file("none.json") + "'");
         CHECK(r.status != 0);
         CHECK(r.output.find("none.json") != std::string::npos);

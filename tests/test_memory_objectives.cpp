@@ -189,6 +189,26 @@ TEST_SUITE("memory_objectives") {
         CHECK(std::isfinite(l.loss.item<double>()));
     }
 
+    TEST_CASE("weighted flow loss: uniform weights give the masked loss; a heavy cell counts more") {
+        torch::manual_seed(7);
+        const auto pred = torch::randn({2, 3, 2, 4, 5}), target = torch::randn({2, 3, 2, 4, 5});
+        const auto mask = torch::tensor({{1.0f, 0.0f}, {1.0f, 1.0f}});
+        const auto uniform = weighted_flow_loss(pred, target, mask, torch::ones({2, 2, 4, 5}));
+        CHECK(uniform.item<double>() == doctest::Approx(masked_flow_loss(pred, target, mask).item<double>()));
+        // All the error in one cell: weighting that cell raises the loss, weighting another lowers it.
+        auto one = target.clone();
+        one.index_put_({0, torch::indexing::Slice(), 0, 1, 2},
+                       one.index({0, torch::indexing::Slice(), 0, 1, 2}) + 1);
+        auto w = torch::ones({2, 2, 4, 5});
+        const double plain = weighted_flow_loss(one, target, mask, w).item<double>();
+        w[0][0][1][2] = 4.0;
+        CHECK(weighted_flow_loss(one, target, mask, w).item<double>() > 3.0 * plain);
+        w = torch::ones({2, 2, 4, 5});
+        w[0][0][3][3] = 4.0;
+        CHECK(weighted_flow_loss(one, target, mask, w).item<double>() < plain);
+        CHECK_THROWS(weighted_flow_loss(pred, target, mask, torch::ones({2, 2, 4})));
+    }
+
     TEST_CASE("trainable sets") {
         auto dit = make_dit();
         CHECK(parse_trainable_set("encoder+lora") == TrainableSet::kEncoderLora);

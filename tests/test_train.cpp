@@ -240,13 +240,22 @@ TEST_SUITE("train") {
         const torch::Tensor pretrained =
             TensorSource::open(run + "/model/text_encoder.safetensors").get("token_embedding.weight").clone();
         // Half the steps are image steps (single latent frames from more clips): the metrics say which.
-        stage("base", {{"section_latents", 2}, {"sample_seconds", 0.3}, {"image_fraction", 0.5}}, 4);
+        stage("base",
+              {{"section_latents", 2},
+               {"sample_seconds", 0.3},
+               {"image_fraction", 0.5},
+               {"character_weight", 4.0}},
+              4);
         CHECK(fs::exists(run + "/base/samples/step-00000004.mp4"));
         {
             std::ifstream metrics(run + "/base/metrics.jsonl");
             std::set<double> kinds;
-            for (std::string line; std::getline(metrics, line);)
-                kinds.insert(nlohmann::json::parse(line).at("image_step").get<double>());
+            for (std::string line; std::getline(metrics, line);) {
+                const auto j = nlohmann::json::parse(line);
+                kinds.insert(j.at("image_step").get<double>());
+                // The share of latent cells under the character weight (world truth boxes): some, not all.
+                CHECK(j.at("character_cells").get<double>() < 0.5);
+            }
             CHECK(kinds == std::set<double>{0.0, 1.0});
         }
         CHECK(fs::exists(run + "/latents/world/world-000001.safetensors"));

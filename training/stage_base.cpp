@@ -38,6 +38,10 @@ struct BaseStageOptions {
     double sigma_std = 1.0;
     double sigma_shift = 1.0;
     double media_fraction = 0.2;
+    // The loss weight of the latent cells a character covers (world clips, from the ground truth; 1:
+    // uniform). Characters cover ~3 % of a frame, so a uniform loss spends almost all of a small run on
+    // places and lets them go: the tiny base drew rooms and streets with no one in them.
+    double character_weight = 1.0;
     // 0: one section, what the DiT is trained on (longer clips put latent frames at untrained positions).
     double sample_seconds = 0;
     uint64_t sample_seed = 900001;
@@ -58,6 +62,7 @@ class BaseStage : public TrainStage {
         f.get("sigma_std", o_.sigma_std);
         f.get("sigma_shift", o_.sigma_shift);
         f.get("media_fraction", o_.media_fraction);
+        f.get("character_weight", o_.character_weight);
         f.get("sample_seconds", o_.sample_seconds);
         f.get("sample_seed", o_.sample_seed);
         f.reject_unknown();
@@ -65,6 +70,8 @@ class BaseStage : public TrainStage {
             f.fail("section_latents", "must be in [1, 64]");
         if (!(o_.image_fraction >= 0 && o_.image_fraction <= 1))
             f.fail("image_fraction", "must be in [0, 1]");
+        if (!(o_.character_weight >= 1 && o_.character_weight <= 100))
+            f.fail("character_weight", "must be in [1, 100]");
         JsonFields d(env.config.data, where, "data");
         d.accept({"world", "media", "latent_cache"});
         d.reject_unknown();
@@ -101,6 +108,7 @@ class BaseStage : public TrainStage {
     StepOutput forward(int64_t, torch::Generator& gen) override {
         std::vector<torch::Tensor> sections;
         std::vector<std::string> captions;
+        std::vector<torch::Tensor> weights;
         // First-frame conditioning gives the DiT a clean single-image latent (as TI2V's image input and a
         // session's first frame are), which only a clip's latent 0 is: conditioned batches start there.
         const bool image = o_.image_fraction > 0 && draw_uniform(gen) < o_.image_fraction;
@@ -115,6 +123,10 @@ class BaseStage : public TrainStage {
             const bool first_section = first_frame || draw_uniform(gen) < o_.first_section_probability;
             const int64_t start = first_section ? 0 : draw_index(clip.latents.size(1) - length + 1, gen);
             sections.push_back(clip.latents.slice(1, start, start + length).to(torch::kFloat32));
+            if (o_.character_weight != 1.0)
+                weights.push_back(1.0 + (o_.character_weight - 1.0) *
+                                            clips.character_cells(i, start, length, clip.latents.size(2),
+                                                                  clip.latents.size(3)));
             const std::string caption =
                 clips.storyboard(i).empty()
                     ? std::string()
@@ -128,8 +140,13 @@ class BaseStage : public TrainStage {
         bo.sigma.std = o_.sigma_std;
         bo.sigma.shift = o_.sigma_shift;
         bo.first_frame_probability = first_frame ? 1.0 : 0.0;
+        if (!weights.empty())
+            bo.weight = torch::stack(weights);
         const FlowLoss fl = base_loss(model_->dit(), latents, text, bo, gen);
-        return {fl.loss, {{"image_step", image ? 1.0 : 0.0}}};
+        StepOutput out{fl.loss, {{"image_step", image ? 1.0 : 0.0}}};
+        if (bo.weight.defined())  // the share of cells the character weight applies to
+            out.metrics["character_cells"] = bo.weight.gt(1.0).to(torch::kFloat32).mean().item<double>();
+        return out;
     }
 
     // Text-to-video from the first captions of a held-out story, with the model's own sampler.

@@ -181,6 +181,40 @@ torch::Tensor LatentClips::pixels(int64_t i, int64_t first, int64_t count) const
     return rgb_frames_to_tensor(ptrs, w, h);
 }
 
+torch::Tensor LatentClips::character_cells(int64_t i,
+                                           int64_t first,
+                                           int64_t count,
+                                           int64_t h,
+                                           int64_t w) const {
+    auto cells = torch::zeros({count, h, w}, torch::kFloat32);
+    const CachedClip& c = clip(i);
+    const nlohmann::json& info = c.info;
+    if (info.value("source", "") != "world")
+        return cells;
+    const int width = info.value("width", 0), height = info.value("height", 0);
+    const world::Story story = story_of_seed(info.at("seed").get<uint64_t>(), info.at("story").at("seconds"));
+    std::vector<uint8_t> scratch(static_cast<size_t>(width) * height * 3);
+    auto a = cells.accessor<float, 3>();
+    world::FrameTruth truth;
+    for (int64_t k = 0; k < count; ++k) {
+        const int64_t latent = first + k;
+        const int64_t last = latent == 0 ? 0 : 4 * latent;
+        for (int64_t f = latent == 0 ? 0 : last - 3; f <= last && f < c.frames; ++f) {
+            world::render_frame(story, static_cast<double>(f) / c.fps, width, height, scratch.data(), &truth);
+            for (const auto& box : truth.boxes) {
+                // Cells [floor(x0 / cell), ceil(x1 / cell)): a box edge inside a cell marks it.
+                const int64_t x0 = box[0] * w / width, y0 = box[1] * h / height;
+                const int64_t x1 = (static_cast<int64_t>(box[2]) * w + width - 1) / width;
+                const int64_t y1 = (static_cast<int64_t>(box[3]) * h + height - 1) / height;
+                for (int64_t y = std::max<int64_t>(0, y0); y < std::min(h, y1); ++y)
+                    for (int64_t x = std::max<int64_t>(0, x0); x < std::min(w, x1); ++x)
+                        a[k][y][x] = 1.0f;
+            }
+        }
+    }
+    return cells;
+}
+
 // ---------------------------------------------------------------------------------------------- build
 
 int64_t build_latent_cache(WanVAEImpl& vae,

@@ -83,6 +83,11 @@ class LatentClips {
     // Pixel frames [first, first + count) of clip i as [3, count, H, W] in [-1, 1]: a world story is rendered
     // again from its seed, a media window decoded again from its file.
     torch::Tensor pixels(int64_t i, int64_t first, int64_t count) const;
+    // Where the characters are in latent frames [first, first + count) of clip i, from the world's ground
+    // truth: [count, h, w] float, 1 on the latent cells (cell = width / w pixels) that a character's box
+    // touches in any of the pixel frames the latent frame encodes (frame 0 for latent 0, 4k - 3 .. 4k for
+    // latent k). All zeros for media clips, which have no truth.
+    torch::Tensor character_cells(int64_t i, int64_t first, int64_t count, int64_t h, int64_t w) const;
 
   private:
     std::vector<CachedClip> clips_;
