@@ -298,12 +298,21 @@ TEST_SUITE("train") {
             CHECK(test::max_abs_diff(vae_after.get("decoder.conv1.weight"), decoder) > 0.0);
             CHECK(read_json_file(run + "/model/model.json")["vae"]["mean"] == mean_before);
         }
-        stage("memory", {{"history_seconds", {1.0, 2.5}}, {"targets", 2}, {"lora_rank", 4}});
+        // A fresh encoder sized by the stage's options (the bundled model's is smaller than the default).
+        stage("memory", {{"history_seconds", {1.0, 2.5}},
+                         {"targets", 2},
+                         {"lora_rank", 4},
+                         {"encoder", {{"hr_channels", {8, 16}}, {"attn_heads", 2}}}});
         m = read_json_file(run + "/model/model.json");
+        CHECK(m["memory"]["encoder"]["hr_channels"] == nlohmann::json({8, 16}));
+        CHECK(m["memory"]["encoder"]["attn_heads"] == 2);
         CHECK(m["memory"]["weights"] == "memory_encoder.safetensors");
         CHECK(m["memory"]["lora"] == "lora.safetensors");
-        const auto ar = stage(
-            "ar", {{"history_seconds", {0.5, 2.0}}, {"section_latents", 2}, {"lora_rank", 4}, {"window", 1}});
+        const auto ar = stage("ar", {{"history_seconds", {0.5, 2.0}},
+                                     {"section_latents", 2},
+                                     {"lora_rank", 4},
+                                     {"window", 1},
+                                     {"encoder", {{"hr_channels", {8, 16}}}}});  // the run's size: accepted
         CHECK(ar.output.find("starting from the run's memory encoder") != std::string::npos);
         CHECK(read_json_file(run + "/model/model.json")["memory"]["window"] == 1);  // sessions use it
 
@@ -321,6 +330,13 @@ TEST_SUITE("train") {
                                   {"section_latents", 2},
                                   {"lora_rank", 4},
                                   {"init", "scratch"}}}};
+            // A pretrained start keeps the run's encoder: another size is a config error that says so.
+            nlohmann::json other = j;
+            other["options"]["init"] = "pretrained";
+            other["options"]["encoder"] = {{"hr_channels", {8, 32}}, {"attn_heads", 2}};
+            const auto bad = train("ar", write_config(dir, "ar-other-size", other), dir.file("other"));
+            CHECK(bad.status != 0);
+            CHECK(bad.output.find("differs from the run's pretrained encoder") != std::string::npos);
             const auto v = train("ar", write_config(dir, "ar-scratch", j), dir.file("scratch"));
             REQUIRE_MESSAGE(v.status == 0, v.output);
             CHECK(v.output.find("starting from a fresh memory encoder") != std::string::npos);

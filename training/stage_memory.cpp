@@ -48,6 +48,10 @@ struct MemoryStageOptions {
     double caption_dropout = 0.1;
     double sigma_mean = 0.0, sigma_std = 1.0, sigma_shift = 1.0;
     double media_fraction = 0.3;
+    // The size of a fresh encoder, {"hr_channels", "attn_layers", "attn_heads"} (absent:
+    // MemoryEncoderConfig's defaults, 64..512 channels, which at the tiny DiT's width make an encoder 4.6x
+    // the DiT's size). A pretrained start keeps the run's encoder, so there it must match or be absent.
+    nlohmann::json encoder = nlohmann::json::object();
 };
 
 class MemoryStage : public TrainStage {
@@ -67,6 +71,7 @@ class MemoryStage : public TrainStage {
         f.get("sigma_std", o_.sigma_std);
         f.get("sigma_shift", o_.sigma_shift);
         f.get("media_fraction", o_.media_fraction);
+        f.get("encoder", o_.encoder);
         o_.init = ar_ ? "pretrained" : "scratch";
         f.get("init", o_.init);
         if (ar_) {
@@ -82,6 +87,12 @@ class MemoryStage : public TrainStage {
             f.fail("history_seconds", "must be [min, max] seconds with 0 < min <= max");
         if (o_.init != "pretrained" && o_.init != "scratch")
             f.fail("init", "must be 'pretrained' or 'scratch'");
+        if (!o_.encoder.is_object())
+            f.fail("encoder", "must be an object of hr_channels, attn_layers, attn_heads");
+        for (const auto& item : o_.encoder.items())
+            if (item.key() != "hr_channels" && item.key() != "attn_layers" && item.key() != "attn_heads")
+                f.fail("encoder",
+                       "unknown field '" + item.key() + "' (hr_channels, attn_layers, attn_heads)");
         JsonFields d(env.config.data, where, "data");
         d.accept({"world", "media", "latent_cache"});
         d.reject_unknown();
@@ -94,7 +105,21 @@ class MemoryStage : public TrainStage {
         const ModelConfig& c = model_->config();
         const TrainedMemory run_memory = trained_memory(c, env.weights_dir());
         const bool use_run_memory = run_memory.present() && o_.init == "pretrained";
-        MemoryEncoderConfig mc = use_run_memory ? run_memory.encoder : MemoryEncoderConfig{};
+        MemoryEncoderConfig mc = use_run_memory
+                                     ? run_memory.encoder
+                                     : MemoryEncoderConfig::from_json(o_.encoder, where + " options.encoder");
+        if (use_run_memory) {
+            const MemoryEncoderConfig asked = MemoryEncoderConfig::from_json(o_.encoder, where);
+            const auto differs = [&](const char* key, bool same) {
+                if (o_.encoder.contains(key) && !same)
+                    f.fail(std::string("encoder.") + key, "differs from the run's pretrained encoder (" +
+                                                              c.memory_weights +
+                                                              "); a pretrained start keeps its size");
+            };
+            differs("hr_channels", asked.hr_channels == mc.hr_channels);
+            differs("attn_layers", asked.attn_layers == mc.attn_layers);
+            differs("attn_heads", asked.attn_heads == mc.attn_heads);
+        }
         const std::string rates_text =
             !o_.rates.empty() ? o_.rates : c.memory_rates.substr(0, c.memory_rates.find(','));
         mc.set_rates(parse_rates(rates_text));
