@@ -66,7 +66,7 @@ void run_world(const WorldArgs& a) {
 }
 
 struct CacheArgs {
-    std::string model = "configs/models/memoreel-tiny.json";
+    std::string model = "models/memoreel-tiny/model.json";
     std::string weights;
     std::string media;  // a fetch_media.sh manifest; empty: world stories
     int stories = 8;

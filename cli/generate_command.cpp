@@ -22,7 +22,7 @@ namespace memoreel {
 namespace {
 
 struct GenerateArgs {
-    std::string model = "configs/models/memoreel-tiny.json";
+    std::string model = "models/memoreel-tiny/model.json";
     std::string weights;
     std::string prompt;
     std::string negative_prompt;

@@ -13,7 +13,7 @@
 namespace memoreel {
 
 struct ModelHostOptions {
-    std::string model = "configs/models/memoreel-tiny.json";
+    std::string model = "models/memoreel-tiny/model.json";
     std::string weights;  // folder of the weights (default: the config's folder)
     std::string device = "cpu";
     std::string dtype = "fp32";  // fp32 | bf16
