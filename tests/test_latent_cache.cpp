@@ -51,6 +51,21 @@ TEST_SUITE("latent_cache") {
         CHECK_CLOSE(streamed, whole, 1e-4);
         CHECK_CLOSE(encode_frames(*vae, frames, w, h, frame_at, 2), whole, 1e-4);
         CHECK_THROWS_AS(encode_frames(*vae, 12, w, h, frame_at), std::invalid_argument);
+
+        // A section cut at latent s opens with frame 4s encoded alone: at s = 0 that is the cached latent 0,
+        // at s = 2 the single-image latent of frame 8, which is not the cached 4-frame latent 2.
+        memoreel::test::TempDir dir;
+        CachedClip c{"world-000004", whole, frames, 16.0};
+        c.info = {
+            {"source", "world"}, {"seed", 4}, {"story", {{"seconds", 2.0}}}, {"width", w}, {"height", h}};
+        write_cached_clip(dir.path(), c);
+        const LatentClips clips({dir.path()});
+        const torch::Tensor open = opening_latents(*vae, clips, {{0, 0}, {0, 2}});
+        REQUIRE(open.sizes() == torch::IntArrayRef({2, 4, 1, 4, 4}));
+        CHECK_CLOSE(open[0], whole.slice(1, 0, 1), 1e-4);
+        CHECK_CLOSE(open[1], vae->encode(video.slice(2, 8, 9))[0], 1e-4);
+        CHECK((open[1] - whole.slice(1, 2, 3)).abs().max().item<double>() > 1e-2);
+        CHECK_THROWS_AS(opening_latents(*vae, clips, {}), std::invalid_argument);
     }
 
     TEST_CASE("a cached clip round-trips with its storyboard, and bad files are named") {

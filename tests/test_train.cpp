@@ -244,18 +244,23 @@ TEST_SUITE("train") {
               {{"section_latents", 2},
                {"sample_seconds", 0.3},
                {"image_fraction", 0.5},
-               {"character_weight", 4.0}},
+               {"character_weight", 4.0},
+               {"encode_opening", true}},
               4);
         CHECK(fs::exists(run + "/base/samples/step-00000004.mp4"));
         {
             std::ifstream metrics(run + "/base/metrics.jsonl");
             std::set<double> kinds;
+            double opened = 0;
             for (std::string line; std::getline(metrics, line);) {
                 const auto j = nlohmann::json::parse(line);
                 kinds.insert(j.at("image_step").get<double>());
                 // The share of latent cells under the character weight (world truth boxes): some, not all.
                 CHECK(j.at("character_cells").get<double>() < 0.5);
+                opened += j.at("opened").get<double>();
             }
+            // Sections drawn after latent 0 opened with a single-image latent encoded in the step.
+            CHECK(opened > 0.0);
             CHECK(kinds == std::set<double>{0.0, 1.0});
         }
         CHECK(fs::exists(run + "/latents/world/world-000001.safetensors"));

@@ -36,4 +36,14 @@ Autocast::~Autocast() {
     }
 }
 
+AutocastPause::AutocastPause() : cpu_(at::autocast::is_cpu_enabled()), cuda_(at::autocast::is_enabled()) {
+    at::autocast::set_cpu_enabled(false);
+    at::autocast::set_enabled(false);
+}
+
+AutocastPause::~AutocastPause() {
+    at::autocast::set_cpu_enabled(cpu_);
+    at::autocast::set_enabled(cuda_);
+}
+
 }  // namespace memoreel

@@ -22,4 +22,18 @@ class Autocast {
     at::ScalarType was_dtype_ = at::kBFloat16;
 };
 
+// Autocast off (CPU and CUDA) while alive, as it was after: for work inside a step that must match fp32
+// results computed elsewhere (the VAE encoding a latent the cache holds in fp32).
+class AutocastPause {
+  public:
+    AutocastPause();
+    ~AutocastPause();
+    AutocastPause(const AutocastPause&) = delete;
+    AutocastPause& operator=(const AutocastPause&) = delete;
+
+  private:
+    bool cpu_ = false;
+    bool cuda_ = false;
+};
+
 }  // namespace memoreel

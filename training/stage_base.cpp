@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include <filesystem>
+#include <map>
 
 #include "model/json_fields.h"
 #include "model/json_util.h"
@@ -32,6 +33,13 @@ struct BaseStageOptions {
     // nearly one picture, so an image step shows section_latents times the scenes at the same cost, and
     // appearance and layout (caption -> place, colours, characters) are what a small run learns slowest.
     double image_fraction = 0;
+    // Sections (and image latents) drawn after a clip's latent 0 open with the single-image latent of the
+    // frame they would start at (training_data.h: opening_latents), encoded here, instead of the cached
+    // 4-frame latent. Why: with no context the DiT cannot tell a clip's start from its middle (rotary
+    // positions are relative), so trained on both it gives a blend for latent 0, which the VAE decodes as a
+    // single frame: the tiny base's first frames came out 25-45 grey levels (of 255) off the rest of the clip
+    // (scripts/temporal_jumps.sh). Wan's training clips all start at their first frame, as these then do.
+    bool encode_opening = false;
     double caption_dropout = 0.1;
     bool train_text_encoder = true;
     double sigma_mean = 0.0;
@@ -56,6 +64,7 @@ class BaseStage : public TrainStage {
         f.get("first_frame_probability", o_.first_frame_probability);
         f.get("first_section_probability", o_.first_section_probability);
         f.get("image_fraction", o_.image_fraction);
+        f.get("encode_opening", o_.encode_opening);
         f.get("caption_dropout", o_.caption_dropout);
         f.get("train_text_encoder", o_.train_text_encoder);
         f.get("sigma_mean", o_.sigma_mean);
@@ -109,6 +118,8 @@ class BaseStage : public TrainStage {
         std::vector<torch::Tensor> sections;
         std::vector<std::string> captions;
         std::vector<torch::Tensor> weights;
+        std::vector<std::pair<int64_t, int64_t>> openings;  // (sample, clip) of sections to open anew
+        std::vector<std::pair<int64_t, int64_t>> opening_clips;
         // First-frame conditioning gives the DiT a clean single-image latent (as TI2V's image input and a
         // session's first frame are), which only a clip's latent 0 is: conditioned batches start there.
         const bool image = o_.image_fraction > 0 && draw_uniform(gen) < o_.image_fraction;
@@ -123,6 +134,10 @@ class BaseStage : public TrainStage {
             const bool first_section = first_frame || draw_uniform(gen) < o_.first_section_probability;
             const int64_t start = first_section ? 0 : draw_index(clip.latents.size(1) - length + 1, gen);
             sections.push_back(clip.latents.slice(1, start, start + length).to(torch::kFloat32));
+            if (o_.encode_opening && start > 0) {
+                openings.emplace_back(b, media ? 1 : 0);
+                opening_clips.emplace_back(i, start);
+            }
             if (o_.character_weight != 1.0)
                 weights.push_back(1.0 + (o_.character_weight - 1.0) *
                                             clips.character_cells(i, start, length, clip.latents.size(2),
@@ -132,6 +147,16 @@ class BaseStage : public TrainStage {
                     ? std::string()
                     : clips.storyboard(i).in_force(latent_frame_seconds(start, clip.fps));
             captions.push_back(draw_uniform(gen) < o_.caption_dropout ? std::string() : caption);
+        }
+        if (!openings.empty()) {
+            // The character weight of an opened section keeps the cells of latent `start`'s 4 frames, a
+            // superset of its one frame's.
+            const torch::Tensor z = opening(opening_clips, openings);
+            for (size_t n = 0; n < openings.size(); ++n) {
+                torch::Tensor& section = sections[static_cast<size_t>(openings[n].first)];
+                section = torch::cat({z[static_cast<int64_t>(n)], section.slice(1, 1)},
+                                     1);  // not in place: may be the cache's
+            }
         }
         const torch::Tensor latents = torch::stack(sections).to(env_.device);
         const torch::Tensor text = embed_captions(*model_, captions);
@@ -144,6 +169,8 @@ class BaseStage : public TrainStage {
             bo.weight = torch::stack(weights);
         const FlowLoss fl = base_loss(model_->dit(), latents, text, bo, gen);
         StepOutput out{fl.loss, {{"image_step", image ? 1.0 : 0.0}}};
+        if (o_.encode_opening)  // the share of samples that opened with a freshly encoded latent
+            out.metrics["opened"] = static_cast<double>(openings.size()) / static_cast<double>(count);
         if (bo.weight.defined())  // the share of cells the character weight applies to
             out.metrics["character_cells"] = bo.weight.gt(1.0).to(torch::kFloat32).mean().item<double>();
         return out;
@@ -189,10 +216,37 @@ class BaseStage : public TrainStage {
     }
 
   private:
+    // opening_latents for the drawn (clip, start) pairs; a real clip is decoded from its file's start, so its
+    // openings are kept (a few windows of a few dozen starts each), world stories render in a moment.
+    torch::Tensor opening(const std::vector<std::pair<int64_t, int64_t>>& clip_and_start,
+                          const std::vector<std::pair<int64_t, int64_t>>& sample_and_media) {
+        std::vector<torch::Tensor> out(clip_and_start.size());
+        std::vector<std::pair<int64_t, int64_t>> world;
+        std::vector<size_t> world_at;
+        for (size_t n = 0; n < clip_and_start.size(); ++n) {
+            if (sample_and_media[n].second == 0) {
+                world.push_back(clip_and_start[n]);
+                world_at.push_back(n);
+                continue;
+            }
+            auto [it, fresh] = media_openings_.try_emplace(clip_and_start[n]);
+            if (fresh)
+                it->second = opening_latents(model_->vae(), *media_[0], {clip_and_start[n]})[0];
+            out[n] = it->second;
+        }
+        if (!world.empty()) {
+            const torch::Tensor z = opening_latents(model_->vae(), *world_[0], world);
+            for (size_t k = 0; k < world.size(); ++k)
+                out[world_at[k]] = z[static_cast<int64_t>(k)];
+        }
+        return torch::stack(out);
+    }
+
     StageEnvironment env_;
     BaseStageOptions o_;
     std::unique_ptr<VideoModel> model_;
     std::vector<std::unique_ptr<LatentClips>> world_, media_;
+    std::map<std::pair<int64_t, int64_t>, torch::Tensor> media_openings_;
 };
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include "model/json_util.h"
 #include "model/safetensors.h"
 #include "stream/video_file_reader.h"
+#include "training/autocast.h"
 #include "training/world.h"
 
 namespace fs = std::filesystem;
@@ -213,6 +214,20 @@ torch::Tensor LatentClips::character_cells(int64_t i,
         }
     }
     return cells;
+}
+
+torch::Tensor opening_latents(WanVAEImpl& vae,
+                              const LatentClips& clips,
+                              const std::vector<std::pair<int64_t, int64_t>>& clip_and_first) {
+    if (clip_and_first.empty())
+        throw std::invalid_argument("opening_latents: no clips");
+    std::vector<torch::Tensor> frames;
+    for (const auto& [i, first] : clip_and_first)
+        frames.push_back(clips.pixels(i, vae.video_frames(first + 1) - 1, 1));
+    const AutocastPause fp32;  // the cache was encoded in fp32
+    torch::NoGradGuard no_grad;
+    const auto device = vae.parameters().front().device();
+    return vae.encode(torch::stack(frames).to(device)).to(torch::kCPU);
 }
 
 // ---------------------------------------------------------------------------------------------- build

@@ -94,6 +94,16 @@ class LatentClips {
     std::vector<Storyboard> storyboards_;
 };
 
+// The latent a clip cut at latent frame `first` of cached clip i opens with: the causal VAE encodes a clip's
+// first pixel frame alone, so a section drawn from the middle of a cached clip starts with a 4-frame latent
+// where every clip (and every session's first section) starts with a single-image one. This encodes pixel
+// frame vae.video_frames(first + 1) - 1 alone: frame 0 for first = 0 (the cached latent 0 again), else frame
+// 4 first, the last one latent `first` covers, so that the cached latents first + 1, ... follow it as they
+// would in a clip cut there. One encoder call (fp32, autocast paused) for all: [N, z, 1, h, w] on the CPU.
+torch::Tensor opening_latents(WanVAEImpl& vae,
+                              const LatentClips& clips,
+                              const std::vector<std::pair<int64_t, int64_t>>& clip_and_first);
+
 // Encodes world stories and/or the manifest's clips of a split into `folder` (skipping files already there).
 // Returns the number of clips written. progress(done, total, name) is called after each clip.
 int64_t build_latent_cache(WanVAEImpl& vae,
