@@ -12,7 +12,7 @@ scripts/setup.sh build
 mkdir -p runs/logs out/eval
 bin=build/memoreel
 # configs/train/tiny-<name>.json; the stage is the name up to its first '-' (vae-decoder: a second vae run).
-for name in tokenizer text vae vae-decoder base base-characters memory ar; do
+for name in tokenizer text vae vae-decoder base base-characters base-video memory ar; do
   echo "== $name ($(date -u +%H:%M:%S))"
   "$bin" train "${name%%-*}" --config "configs/train/tiny-$name.json" --run runs/tiny >> "runs/logs/$name.log" 2>&1 ||
     { tail -20 "runs/logs/$name.log"; exit 1; }
