@@ -407,18 +407,25 @@ TEST_SUITE("train") {
         CHECK(fs::exists(dir.file("out.mp4")));
 
         // eval retrieval on the trained memory: a table, and JSON with every bucket filled.
-        const auto e =
-            test::run_command(test::memoreel_binary() + " --threads 1 eval retrieval --model '" + run +
-                              "/model/model.json' --stories 1 --history-seconds 2 --positions 3 " +
-                              "--buckets 3 --steps 2 --out '" + dir.file("retrieval.json") + "'");
+        const auto e = test::run_command(
+            test::memoreel_binary() + " --threads 1 eval retrieval --model '" + run +
+            "/model/model.json' --stories 1 --history-seconds 2 --positions 3 " +
+            "--buckets 3 --steps 2 --no-memory-row --out '" + dir.file("retrieval.json") + "'");
         REQUIRE_MESSAGE(e.status == 0, e.output);
         // The printed table is Markdown, one row per model, with the bucket columns.
         CHECK(e.output.find("| model | memory | overall |") != std::string::npos);
         CHECK(e.output.find("| " + run + "/model/model.json | proposed ") != std::string::npos);
         CHECK(e.output.find(" 67-100 % |") != std::string::npos);
         const auto r = read_json_file(dir.file("retrieval.json"));
-        REQUIRE(r["models"].size() == 1);
-        const auto& row = r["models"][0];
+        // The reference row (the same DiT without memory) first, then the model with its memory; the same
+        // frames are scored, and the memory changes what is retrieved.
+        REQUIRE(r["models"].size() == 2);
+        CHECK(r["models"][0]["memory"]["variant"] == "none");
+        CHECK(r["models"][0]["overall"]["frames"] == 3);
+        CHECK(r["models"][0]["overall"]["psnr"].get<double>() !=
+              r["models"][1]["overall"]["psnr"].get<double>());
+        CHECK(e.output.find(" | none (caption only) |") != std::string::npos);
+        const auto& row = r["models"][1];
         CHECK(row["buckets"].size() == 3);
         for (const auto& b : row["buckets"]) {
             CHECK(b["frames"] == 1);

@@ -98,17 +98,27 @@ nlohmann::json evaluate_retrieval(const RetrievalEvalOptions& o,
                               "PSNR (dB) and SSIM of each retrieved latent frame against the original, "
                               "both decoded by the model's VAE as one image; LPIPS not reported (no "
                               "LPIPS weights offline)"}};
-    for (const auto& model_path : o.models) {
+    // (model, with its memory?): the optional reference row first, the first model's DiT without its
+    // memory or LoRA, so every memory row reads against what the caption alone brings back.
+    std::vector<std::pair<std::string, bool>> rows_to_run;
+    if (o.no_memory_row && !o.models.empty())
+        rows_to_run.emplace_back(o.models.front(), false);
+    for (const auto& m : o.models)
+        rows_to_run.emplace_back(m, true);
+    for (const auto& [model_path, with_memory] : rows_to_run) {
         torch::NoGradGuard no_grad;
         const ModelConfig config = ModelConfig::load(model_path);
         const std::string base = fs::path(model_path).parent_path().string();
         VideoModel model(config, base);
         const TrainedMemory trained = trained_memory(config, base);
-        if (!trained.present())
+        if (with_memory && !trained.present())
             throw CheckpointError(model_path, "", "has no trained memory (\"memory\": {\"weights\"})");
-        const MemoryEncoderConfig& mc = trained.encoder;
-        MemoryEncoder encoder = frozen_memory_encoder(model, mc, trained.weights);
-        merge_trained_lora(model, trained);
+        const MemoryEncoderConfig mc = with_memory ? trained.encoder : MemoryEncoderConfig{};
+        MemoryEncoder encoder{nullptr};
+        if (with_memory) {
+            encoder = frozen_memory_encoder(model, mc, trained.weights);
+            merge_trained_lora(model, trained);
+        }
         const int w = static_cast<int>(config.width), h = static_cast<int>(config.height);
         const auto clips = held_out_clips(o, w, h, static_cast<int>(config.fps));
         std::vector<double> bucket_psnr(static_cast<size_t>(o.buckets)),
@@ -121,10 +131,13 @@ nlohmann::json evaluate_retrieval(const RetrievalEvalOptions& o,
             const torch::Tensor pixels = clip.pixels.unsqueeze(0);
             const torch::Tensor latents = model.vae().encode(pixels);  // [1, C, T, h, w]
             const int64_t t = latents.size(2);
-            const MemoryTokens mem = encoder->encode_full({latents, pixels});
-            ContextTokens ctx = memory_context(mem, mc.rates(), 0.0);
-            if (mc.cross_attn_features)
-                ctx.cross = encoder->cross_attention(mem.flat_features());
+            ContextTokens ctx;
+            if (with_memory) {
+                const MemoryTokens mem = encoder->encode_full({latents, pixels});
+                ctx = memory_context(mem, mc.rates(), 0.0);
+                if (mc.cross_attn_features)
+                    ctx.cross = encoder->cross_attention(mem.flat_features());
+            }
             std::vector<int64_t> positions;
             for (int64_t k = 0; k < o.positions; ++k) {
                 const int64_t p = o.positions == 1
@@ -144,10 +157,13 @@ nlohmann::json evaluate_retrieval(const RetrievalEvalOptions& o,
                 const double mid = latent_frame_seconds(pos[pos.size() / 2], clip.fps);
                 const torch::Tensor text =
                     clip.storyboard.empty() ? empty_text : model.embed_text(clip.storyboard.in_force(mid));
-                ContextAttention context = attend_context(
-                    model.dit(), encode_context(model.dit(), ContextKV{}, ctx, [&](double) { return text; }),
-                    0.0);
-                context.cross = ctx.cross;  // the cross-attention enhancement, when the encoder has it
+                ContextAttention context;
+                if (with_memory) {
+                    context = attend_context(
+                        model.dit(),
+                        encode_context(model.dit(), ContextKV{}, ctx, [&](double) { return text; }), 0.0);
+                    context.cross = ctx.cross;  // the cross-attention enhancement, when the encoder has it
+                }
                 SamplerConfig sc = config.sampler;
                 if (o.steps > 0)
                     sc.steps = o.steps;
@@ -160,7 +176,7 @@ nlohmann::json evaluate_retrieval(const RetrievalEvalOptions& o,
                 s.text_cond = text;
                 s.text_uncond = empty_text;
                 s.guidance = o.guidance;
-                s.context = &context;
+                s.context = with_memory ? &context : nullptr;
                 s.section_times = idx.to(torch::kFloat64);
                 const torch::Tensor retrieved = sample_section(model.dit(), *sampler, s);
                 for (size_t j = 0; j < pos.size(); ++j) {
@@ -211,7 +227,8 @@ nlohmann::json evaluate_retrieval(const RetrievalEvalOptions& o,
             sources[name] = {{"psnr", v[0] / v[2]}, {"ssim", v[1] / v[2]}, {"frames", v[2]}};
         result["models"].push_back(
             {{"model", model_path},
-             {"memory", {{"variant", mc.variant}, {"rates", mc.rates().str()}}},
+             {"memory", with_memory ? nlohmann::json{{"variant", mc.variant}, {"rates", mc.rates().str()}}
+                                    : nlohmann::json{{"variant", "none"}, {"rates", "(caption only)"}}},
              {"clips", clip_rows},
              {"buckets", buckets},
              {"sources", sources},

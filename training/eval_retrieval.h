@@ -29,6 +29,9 @@ struct RetrievalEvalOptions {
     double guidance = 1.0;    // 1: no classifier-free guidance (the memory alone decides)
     int64_t steps = 0;        // sampler steps (0: the model's)
     uint64_t seed = 1;
+    // Adds a first row: the first model's DiT without memory or LoRA, each frame sampled from the caption
+    // alone at its time (the floor every memory row is read against).
+    bool no_memory_row = false;
 };
 
 // Runs the evaluation; returns {"models": [{"model", "memory", "clips": [...], "buckets": [...],
