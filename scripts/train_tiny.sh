@@ -32,6 +32,6 @@ done
 media=data/media/320x192@16/manifest.json
 models=()
 for run in runs/t1-*; do models+=(--model "$run/model/model.json"); done
-"$bin" eval retrieval "${models[@]}" --media "$media" --stories 8 --out out/eval/table1.json
+"$bin" eval retrieval "${models[@]}" --no-memory-row --media "$media" --stories 8 --out out/eval/table1.json
 "$bin" eval consistency --model runs/tiny/model/model.json --scratch runs/t2-ar-scratch/model/model.json \
   --stories 4 --seconds 30 --videos out/eval/consistency --out out/eval/table2.json
