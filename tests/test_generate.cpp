@@ -111,4 +111,28 @@ TEST_SUITE("generate") {
         CHECK(bad.status != 0);
         CHECK(bad.output.find("none.json") != std::string::npos);
     }
+
+    TEST_CASE("the bundled default loads every trained part and generates a storyboard with its memory") {
+        // models/memoreel-tiny is what serve and generate load by default: strict loading of the DiT, VAE,
+        // text encoder, tokenizer, memory encoder and LoRA, at its own resolution, two sections.
+        TempDir dir;
+        {
+            std::ofstream(dir.file("story.json"))
+                << R"({"prompts": [{"time": 0, "prompt": "the green striped fox walks into the red room"},
+                                  {"time": 0.8, "prompt": "cut to the beach"}]})";
+        }
+        const auto r =
+            run("'" + memoreel::test::memoreel_binary() + "' --threads 2 generate --model '" +
+                memoreel::test::source_dir() + "/models/memoreel-tiny/model.json' --storyboard '" +
+                dir.file("story.json") + "' --seconds 1.5 --steps 1 --out '" + dir.file("story.mp4") + "'");
+        INFO(r.output);
+        REQUIRE(r.status == 0);
+        CHECK(r.output.find("proposed (trained)") != std::string::npos);  // its memory, not seeded weights
+        const auto probe =
+            run("ffprobe -v error -count_frames -select_streams v:0 -show_entries "
+                "stream=width,height,nb_read_frames -of csv=p=0 '" +
+                dir.file("story.mp4") + "'");
+        // 320x192 at 16 fps: a first section of 13 frames, then 16.
+        CHECK(probe.output == "320,192,29\n");
+    }
 }
