@@ -81,6 +81,7 @@ void add_eval_command(CLI::App& app) {
     r->add_option("--seed", a->o.seed, "Noise seed")->capture_default_str();
     r->add_flag("--no-memory-row", a->o.no_memory_row,
                 "Add a first row: the first model without memory (frames from the caption alone)");
+    r->add_option("--images", a->o.images, "Folder for every retrieved frame beside its original (PNG)");
     r->add_option("--out", a->out, "JSON output")->capture_default_str();
     r->callback([a] { run_retrieval(*a); });
 

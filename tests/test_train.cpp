@@ -407,10 +407,11 @@ TEST_SUITE("train") {
         CHECK(fs::exists(dir.file("out.mp4")));
 
         // eval retrieval on the trained memory: a table, and JSON with every bucket filled.
-        const auto e = test::run_command(
-            test::memoreel_binary() + " --threads 1 eval retrieval --model '" + run +
-            "/model/model.json' --stories 1 --history-seconds 2 --positions 3 " +
-            "--buckets 3 --steps 2 --no-memory-row --out '" + dir.file("retrieval.json") + "'");
+        const auto e =
+            test::run_command(test::memoreel_binary() + " --threads 1 eval retrieval --model '" + run +
+                              "/model/model.json' --stories 1 --history-seconds 2 --positions 3 " +
+                              "--buckets 3 --steps 2 --no-memory-row --images '" + dir.file("images") +
+                              "' --out '" + dir.file("retrieval.json") + "'");
         REQUIRE_MESSAGE(e.status == 0, e.output);
         // The printed table is Markdown, one row per model, with the bucket columns.
         CHECK(e.output.find("| model | memory | overall |") != std::string::npos);
@@ -425,6 +426,14 @@ TEST_SUITE("train") {
         CHECK(r["models"][0]["overall"]["psnr"].get<double>() !=
               r["models"][1]["overall"]["psnr"].get<double>());
         CHECK(e.output.find(" | none (caption only) |") != std::string::npos);
+        // --images: every retrieved frame beside its original, for both rows.
+        for (const char* row : {"", "-nomemory"}) {
+            const fs::path folder = fs::path(dir.file("images")) / (fs::path(run).filename().string() + row);
+            int pngs = 0;
+            for (const auto& f : fs::directory_iterator(folder))
+                pngs += f.path().extension() == ".png";
+            CHECK_MESSAGE(pngs == 3, folder.string());
+        }
         const auto& row = r["models"][1];
         CHECK(row["buckets"].size() == 3);
         for (const auto& b : row["buckets"]) {

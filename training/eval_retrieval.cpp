@@ -17,6 +17,7 @@
 #include "model/section_sampler.h"
 #include "model/trained_memory.h"
 #include "model/video_model.h"
+#include "stream/png_encoder.h"
 #include "stream/video_file_reader.h"
 #include "training/image_metrics.h"
 #include "training/stage_common.h"
@@ -83,6 +84,33 @@ std::vector<uint8_t> to_rgb(const torch::Tensor& image) {
         image.detach().cpu().to(torch::kFloat32).add(1.0).mul(127.5).round().clamp(0, 255).to(torch::kUInt8);
     const torch::Tensor hwc = u8.permute({1, 2, 0}).contiguous();
     return std::vector<uint8_t>(hwc.data_ptr<uint8_t>(), hwc.data_ptr<uint8_t>() + hwc.numel());
+}
+
+// Writes retrieved | original side by side as <dir>/<model folder>[-nomemory]/<clip>-<position>.png, so a
+// table's figures can be checked by eye.
+void write_pair_png(const std::string& dir,
+                    const std::string& model_path,
+                    bool with_memory,
+                    const std::string& clip,
+                    int64_t position,
+                    const std::vector<uint8_t>& got,
+                    const std::vector<uint8_t>& want,
+                    int w,
+                    int h) {
+    const fs::path folder =
+        fs::path(dir) / (fs::path(model_path).parent_path().parent_path().filename().string() +
+                         (with_memory ? "" : "-nomemory"));
+    fs::create_directories(folder);
+    std::vector<uint8_t> pair(static_cast<size_t>(2 * w) * h * 3);
+    const size_t row = static_cast<size_t>(w) * 3;
+    for (int y = 0; y < h; ++y) {
+        std::copy_n(got.begin() + static_cast<long>(y * row), row,
+                    pair.begin() + static_cast<long>(2 * y * row));
+        std::copy_n(want.begin() + static_cast<long>(y * row), row,
+                    pair.begin() + static_cast<long>((2 * y + 1) * row));
+    }
+    const std::string png = encode_png(pair.data(), 2 * w, h);
+    write_file_atomic((folder / (clip + "-" + std::to_string(position) + ".png")).string(), png);
 }
 
 }  // namespace
@@ -185,6 +213,8 @@ nlohmann::json evaluate_retrieval(const RetrievalEvalOptions& o,
                     };
                     const auto got = one(retrieved.select(2, static_cast<int64_t>(j)));
                     const auto want = one(latents.select(2, pos[j]));
+                    if (!o.images.empty())
+                        write_pair_png(o.images, model_path, with_memory, clip.name, pos[j], got, want, w, h);
                     const double psnr = psnr_rgb(got.data(), want.data(), w, h);
                     const double ssim = ssim_rgb(got.data(), want.data(), w, h);
                     const double rel = t > 1 ? static_cast<double>(pos[j]) / (t - 1) : 0.0;

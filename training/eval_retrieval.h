@@ -32,6 +32,7 @@ struct RetrievalEvalOptions {
     // Adds a first row: the first model's DiT without memory or LoRA, each frame sampled from the caption
     // alone at its time (the floor every memory row is read against).
     bool no_memory_row = false;
+    std::string images;  // folder for retrieved | original PNGs (empty: none)
 };
 
 // Runs the evaluation; returns {"models": [{"model", "memory", "clips": [...], "buckets": [...],
